@@ -1,0 +1,17 @@
+"""Exceptions whose messages a ComfyUI or CLI user can act on."""
+
+
+class PASDError(Exception):
+    """Base of every error this pack raises on purpose; the message is meant for the user."""
+
+
+class ModelError(PASDError):
+    """A checkpoint is missing, corrupt, or not what it claims to be."""
+
+
+class InputImageError(PASDError):
+    """An input image cannot be read or has an unusable shape."""
+
+
+class Interrupted(PASDError):
+    """The caller asked the run to stop (ComfyUI's cancel button, Ctrl-C)."""

@@ -1,0 +1,180 @@
+"""The one table of PASD parameters; every front end (nodes, fal body, CLI) is derived from it.
+
+A default, range or choice list written anywhere else is a bug: change it here and it changes
+in the ComfyUI inputs, the fal request, the CLI flags and the validation messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .errors import PASDError
+
+# Where a parameter is used: by both engines, by the local sampler only, or by the model loader.
+SHARED, LOCAL, LOADER = "shared", "local", "loader"
+
+
+class ParamError(PASDError, ValueError):
+    """A parameter value is out of range, of the wrong type, or not one of the choices."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type  # int, float or str
+    default: Any
+    tooltip: str
+    scope: str = SHARED
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    multiline: bool = False
+
+    @property
+    def remote(self) -> bool:
+        """True when the hosted fal-ai/pasd endpoint accepts this parameter."""
+        return self.scope == SHARED
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe_range(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.min is not None and self.max is not None:
+            return f"between {self.min} and {self.max}"
+        return "a string" if self.kind is str else f"a {self.kind.__name__}"
+
+    def check(self, value: Any) -> Any:
+        """Return `value` coerced to this parameter's type, or raise ParamError naming it."""
+        value = self._coerce(value)
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(f"{self.name}={value!r} is not allowed: use {self.describe_range()}.")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise ParamError(f"{self.name}={value!r} is out of range: use a value {self.describe_range()}.")
+        return value
+
+    def _coerce(self, value: Any) -> Any:
+        wrong = ParamError(f"{self.name}={value!r} is not {self.describe_range()}.")
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise wrong
+            return value
+        if isinstance(value, bool):
+            raise wrong
+        if self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return int(value.strip())
+                except ValueError:
+                    raise wrong from None
+            if not isinstance(value, int):
+                raise wrong
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise wrong from None
+        if not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+
+
+PARAMS: tuple[Param, ...] = (
+    # Shared with fal-ai/pasd: names, ranges and defaults are the hosted API's own.
+    Param("scale", int, 2, "Upscaling factor: the output is the input size times this.", min=1, max=4, step=1),
+    Param("steps", int, 25, "Number of denoising steps.", min=10, max=50, step=1),
+    Param("guidance_scale", float, 7.0, "Classifier-free guidance: how strongly the prompt steers the result.",
+          min=1.0, max=20.0, step=0.1),
+    Param("conditioning_scale", float, 0.8,
+          "How strongly the low-resolution image controls the result (0.7 suits stylization).",
+          min=0.1, max=1.0, step=0.05),
+    Param("prompt", str, "", "What the image shows; helps the model restore detail.", multiline=True),
+    Param("negative_prompt", str,
+          "blurry, dirty, messy, frames, deformed, dotted, noise, raster lines, unclear, lowres, over-smoothed, "
+          "painting, ai generated",
+          "What the result should not look like.", multiline=True),
+    # Local sampler only.
+    Param("seed", int, 0, "Random seed; image i of a batch uses seed + i.", scope=LOCAL, min=0,
+          max=2**64 - 1, step=1),
+    Param("added_prompt", str, "clean, high-resolution, 8k", "Appended to the prompt, as the official PASD does.",
+          scope=LOCAL, multiline=True),
+    Param("process_size", int, 768,
+          "Images whose short side is below this are enlarged to it before sampling (official default 768).",
+          scope=LOCAL, min=64, max=4096, step=8),
+    Param("latent_tile_size", int, 320,
+          "Latents larger than this (squared) are sampled in tiles of this size; lower it to save memory.",
+          scope=LOCAL, min=16, max=1024, step=8),
+    Param("latent_tile_overlap", int, 8, "Overlap between latent tiles.", scope=LOCAL, min=0, max=256, step=1),
+    Param("added_noise_level", int, 900, "Extra noise mixed into the start latents (higher: more generated detail).",
+          scope=LOCAL, min=0, max=999, step=1),
+    Param("added_noise_mode", str, "official",
+          "'official' adds noise as the official code does today (at the schedule's last timestep); "
+          "'exact' adds it at timestep added_noise_level itself, as the paper intends.",
+          scope=LOCAL, choices=("official", "exact")),
+    Param("color_fix", str, "wavelet", "Match the output's colours to the input: wavelet (official), adain or none.",
+          scope=LOCAL, choices=("wavelet", "adain", "none")),
+    # Model loader.
+    Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
+          choices=("auto", "cpu", "cuda", "mps")),
+    Param("dtype", str, "auto", "Weight precision: auto is fp16 on CUDA, fp32 elsewhere.", scope=LOADER,
+          choices=("auto", "fp32", "fp16", "bf16")),
+    Param("style_strength", float, 1.0,
+          "How much of the personalized model replaces the PASD UNet's SD weights (1.0 = replace).",
+          scope=LOADER, min=0.0, max=1.0, step=0.05),
+    Param("lora_strength", float, 1.0, "Multiplier of the LoRA weights (the official PASD demo used 0.6).",
+          scope=LOADER, min=-4.0, max=4.0, step=0.05),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+REMOTE_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope == SHARED)
+SAMPLER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope in (SHARED, LOCAL))
+LOADER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope == LOADER)
+
+
+def defaults(params: Iterable[Param] = SAMPLER_PARAMS) -> dict[str, Any]:
+    return {p.name: p.default for p in params}
+
+
+def validate(values: Mapping[str, Any], params: Iterable[Param] = SAMPLER_PARAMS) -> dict[str, Any]:
+    """Check `values` against the table; missing ones take their defaults; unknown names are an error."""
+    params = tuple(params)
+    known = {p.name: p for p in params}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: expected some of {', '.join(known)}.")
+    settings = {p.name: p.check(values[p.name]) if values.get(p.name) is not None else p.default for p in params}
+    if "latent_tile_overlap" in settings and "latent_tile_size" in settings:
+        if settings["latent_tile_overlap"] >= settings["latent_tile_size"]:
+            raise ParamError(
+                f"latent_tile_overlap={settings['latent_tile_overlap']} must be smaller than "
+                f"latent_tile_size={settings['latent_tile_size']}."
+            )
+    return settings
+
+
+def fal_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The fal-ai/pasd request fields (without the image) for validated settings."""
+    return {p.name: settings[p.name] for p in REMOTE_PARAMS}
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, params: Iterable[Param]) -> None:
+    """One `--kebab-case` flag per parameter; None means 'not given' so front ends can tell."""
+    for p in params:
+        parser.add_argument(
+            p.flag, dest=p.name, type=p.kind, default=None, choices=p.choices, metavar=None if p.choices else "N"
+            if p.kind is not str else "TEXT",
+            help=f"{p.tooltip} ({p.describe_range()}; default {p.default!r})",
+        )
+
+
+def given_cli_values(namespace: argparse.Namespace, params: Iterable[Param]) -> dict[str, Any]:
+    """The parameters actually passed on the command line."""
+    return {p.name: getattr(namespace, p.name) for p in params if getattr(namespace, p.name, None) is not None}
