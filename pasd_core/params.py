@@ -111,7 +111,7 @@ PARAMS: tuple[Param, ...] = (
           scope=LOCAL, min=64, max=4096, step=8),
     Param("latent_tile_size", int, 320,
           "Latents larger than this (squared) are sampled in tiles of this size; lower it to save memory.",
-          scope=LOCAL, min=16, max=1024, step=8),
+          scope=LOCAL, min=8, max=1024, step=8),
     Param("latent_tile_overlap", int, 8, "Overlap between latent tiles.", scope=LOCAL, min=0, max=256, step=1),
     Param("added_noise_level", int, 900, "Extra noise mixed into the start latents (higher: more generated detail).",
           scope=LOCAL, min=0, max=999, step=1),

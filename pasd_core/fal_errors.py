@@ -1,0 +1,98 @@
+"""Turning fal's HTTP answers into messages a ComfyUI user can act on.
+
+fal reports problems as `{"detail": ...}`: a string, or for invalid inputs pydantic's list of
+`{"loc": ["body", <field>], "msg": ..., "type": ...}` (fal's own `FieldException` builds that shape).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import PASDError
+
+ENDPOINT = "fal-ai/pasd"
+KEY_HELP = (
+    "Create a key at https://fal.ai/dashboard/keys and set it in the environment that starts "
+    "ComfyUI (export FAL_KEY=...), or put {\"fal_key\": \"...\"} in ~/.config/comfyui-pasd/fal.json "
+    "(another path with PASD_FAL_CONFIG), then restart ComfyUI."
+)
+# fal's input name for the picture is image_url; users know it as the node's `image` input.
+FIELD_NAMES = {"image_url": "image"}
+MAX_BODY_CHARS = 300
+
+
+class FalError(PASDError):
+    """The hosted fal-ai/pasd endpoint could not be used; the message says why and what to do."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without any copy of `secret` (a server may echo the Authorization header back)."""
+    if secret:
+        text = text.replace(secret, "[FAL_KEY]")
+    return text
+
+
+def shorten(text: str, limit: int = MAX_BODY_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def field_name(loc: Any) -> str:
+    """Our parameter name for a pydantic `loc` such as ["body", "scale"] or ["body", "image_url"]."""
+    parts = [str(p) for p in loc] if isinstance(loc, (list, tuple)) else [str(loc)]
+    if parts and parts[0] in ("body", "query"):
+        parts = parts[1:]
+    if not parts:
+        return "request"
+    parts[0] = FIELD_NAMES.get(parts[0], parts[0])
+    return ".".join(parts)
+
+
+def detail_text(detail: Any) -> str:
+    """fal's `detail` as one line: per-field problems become "scale: <msg>; image: <msg>"."""
+    if isinstance(detail, list) and all(isinstance(d, dict) for d in detail):
+        return "; ".join(f"{field_name(d.get('loc', ()))}: {d.get('msg', d.get('type', 'invalid'))}" for d in detail)
+    if isinstance(detail, str):
+        return detail
+    return json.dumps(detail)
+
+
+def answer_text(body: bytes, secret: str | None) -> str:
+    """What fal said in an error answer: its `detail` when it sent one, else the raw text; short."""
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and "detail" in parsed:
+        text = detail_text(parsed["detail"])
+    return shorten(redact(text, secret)) or "(empty answer)"
+
+
+def http_error(status: int, body: bytes, *, action: str, attempts: int, secret: str | None) -> FalError:
+    """The FalError for a non-2xx answer to `action` (e.g. "submitting the image")."""
+    said = answer_text(body, secret)
+    if status in (401, 403):
+        problem = "rejected the API key" if status == 401 else "refused this key access to the endpoint"
+        return FalError(f"fal {problem} (HTTP {status}) while {action}: {said}. {KEY_HELP}", status_code=status)
+    if status == 422:
+        return FalError(f"fal-ai/pasd rejected the request (HTTP 422): {said}. Change those inputs and "
+                        "run again.", status_code=status)
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    if status == 429:
+        return FalError(f"fal is rate-limiting this key (HTTP 429) and still was{tries} while {action}: "
+                        f"{said}. Wait a minute, or lower max_in_flight.", status_code=status)
+    if status >= 500:
+        return FalError(f"fal had a server error (HTTP {status}){tries} while {action}: {said}. "
+                        "fal may be having an outage; try again later.", status_code=status)
+    return FalError(f"fal answered HTTP {status} while {action}: {said}.", status_code=status)
+
+
+def malformed(action: str, why: str) -> FalError:
+    return FalError(f"fal's answer to {action} was not what {ENDPOINT} should send ({why}). "
+                    "Try again; if it persists, fal's API may have changed.")

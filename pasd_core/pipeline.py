@@ -1,0 +1,108 @@
+"""The public entry point: load PASD once, upscale many images.
+
+    pipe = PASDPipeline.from_pretrained("models/diffusers/stable-diffusion-v1-5", "models/pasd/pasd/checkpoint-100000")
+    result = pipe.upscale(Image.open("photo.png"), {"scale": 2})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from PIL import Image
+
+from .errors import InputImageError
+from .params import SAMPLER_PARAMS, validate
+from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
+
+
+class PASDPipeline:
+    """A loaded PASD model (UNet, ControlNet, SD1.5 text encoder, VAE, scheduler) on one device."""
+
+    def __init__(self, models: SamplerModels, variant: str) -> None:
+        self.models = models
+        self.variant = variant
+        self._sampler = PASDSampler(models)
+
+    @classmethod
+    def from_pretrained(cls, base_model: str | Path, pasd_model: str | Path, *, style_model: str | Path | None = None,
+                        style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
+                        device: str = "auto", dtype: str = "auto") -> "PASDPipeline":
+        """Load an official PASD checkpoint folder on an SD1.5 base, optionally personalized."""
+        from diffusers import UniPCMultistepScheduler
+
+        from . import loading
+
+        torch_device = loading.resolve_device(device)
+        torch_dtype = loading.resolve_dtype(dtype, torch_device)
+        unet, controlnet = loading.load_pasd_checkpoint(pasd_model)
+        base = loading.load_base(base_model)
+        loading.check_compatible(base, unet, Path(base_model))
+        text_encoder, vae = base.text_encoder, base.vae
+        if style_model is not None:
+            from .personalize import apply_personalized_model
+
+            unet, vae, text_encoder = apply_personalized_model(unet, vae, text_encoder, style_model, style_strength)
+        if lora is not None:
+            from .personalize import apply_lora
+
+            apply_lora(unet, text_encoder, lora, lora_strength)
+        models = SamplerModels(
+            tokenizer=base.tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet,
+            scheduler=UniPCMultistepScheduler.from_config(base.scheduler_config),
+            device=torch.device("cpu"), dtype=torch_dtype,
+        )
+        pipeline = cls(models, unet.variant)
+        return pipeline.to(torch_device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+    def _modules(self) -> list[torch.nn.Module]:
+        m = self.models
+        return [m.text_encoder, m.vae, m.unet, m.controlnet]
+
+    def to(self, device: str | torch.device) -> "PASDPipeline":
+        device = torch.device(device)
+        for module in self._modules():
+            # plain nn.Module.to: diffusers' override warns about fp32-only modules these models do not have
+            torch.nn.Module.to(module, device=device, dtype=self.models.dtype)
+        self.models.device = device
+        return self
+
+    def offload(self) -> None:
+        """Move the weights to CPU (free GPU memory between runs)."""
+        for module in self._modules():
+            module.to("cpu")
+        if self.models.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def onload(self) -> None:
+        for module in self._modules():
+            module.to(self.models.device)
+
+    def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
+        """How many `on_step` calls `upscale` makes for one image of this size."""
+        return self._sampler.count_steps(width, height, validate(settings, SAMPLER_PARAMS))
+
+    def upscale(self, image: Image.Image, settings: Mapping[str, Any] | None = None, *,
+                on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Image.Image:
+        """Super-resolve (or stylize) one image; `settings` are checked against the shared table."""
+        settings = validate(settings or {}, SAMPLER_PARAMS)
+        return self._sampler.run(as_rgb(image), settings, on_step=on_step, should_stop=should_stop)
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette and alpha images become RGB (alpha composited on white, as a viewer shows it)."""
+    if not isinstance(image, Image.Image):
+        raise InputImageError(f"expected a PIL image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise InputImageError(f"the input image is empty ({image.width}×{image.height}).")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,194 @@
+"""The PASD inference algorithm, step by step as the official test_pasd.py runs it.
+
+Facts it honours (tests/fixtures/pasd_official_tiny/README.md): resize rules, prompt join, one
+generator with the draw order posterior → n1 → n2, UniPC, the adjustable-noise step, CFG with the
+pair in one batch, latent tiles blended with the official Gaussian weights, decode, colour fix,
+final resize. Work the official code repeats for nothing is done once: text embeddings per run,
+the ControlNet condition embedding per image (per tile when tiled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .color import color_fix
+from .errors import Interrupted
+from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
+
+LATENT_FACTOR = 8  # SD's VAE downsamples by 8
+
+
+def control_image_for(image: Image.Image, scale: int, process_size: int) -> Image.Image:
+    """The image the ControlNet sees and the VAE encodes (official resize rules)."""
+    image = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
+    short, long = min(image.size), max(image.size)
+    if short < process_size:  # torchvision Resize(process_size, BILINEAR) on a PIL image
+        size_long = int(process_size * long / short)
+        size = (process_size, size_long) if image.width <= image.height else (size_long, process_size)
+        image = image.resize(size, Image.BILINEAR)
+    return image.resize((image.width // 8 * 8, image.height // 8 * 8), Image.BICUBIC)
+
+
+def join_prompt(prompt: str, added_prompt: str) -> str:
+    """Official join: '' + added, or 'prompt, ' + added."""
+    return added_prompt if prompt == "" else f"{prompt}, {added_prompt}"
+
+
+@dataclass
+class SamplerModels:
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    controlnet: Any
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype
+
+
+StepCallback = Callable[[], None]
+StopCheck = Callable[[], bool]
+
+
+class PASDSampler:
+    def __init__(self, models: SamplerModels) -> None:
+        self.m = models
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def _embed_text(self, text: str) -> torch.Tensor:
+        tokenizer = self.m.tokenizer
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.m.device)
+        return self.m.text_encoder(ids)[0].to(self.m.dtype)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool) -> torch.Tensor:
+        """[negative, positive] embeddings when guided, else the positive alone."""
+        positive = self._embed_text(prompt)
+        return torch.cat([self._embed_text(negative_prompt), positive]) if guided else positive
+
+    # -- latents ---------------------------------------------------------------------------------
+    def _to_tensor(self, image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.m.device, self.m.dtype)
+
+    @torch.no_grad()
+    def initial_latents(self, control: torch.Tensor, generator: torch.Generator, noise_level: int,
+                        noise_mode: str) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler, vae = self.m.scheduler, self.m.vae
+        latents = vae.encode(control * 2.0 - 1.0).latent_dist.sample(generator) * vae.config.scaling_factor
+        n1 = randn_tensor(latents.shape, generator=generator, device=self.m.device, dtype=self.m.dtype)
+        latents = scheduler.add_noise(latents, n1, scheduler.timesteps[:1])
+        n2 = randn_tensor(latents.shape, generator=generator, device=self.m.device, dtype=self.m.dtype)
+        if noise_mode == "exact":  # the paper's intent: noise at timestep noise_level itself
+            alpha_bar = scheduler.alphas_cumprod[noise_level].to(latents.device, torch.float32)
+            latents = (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * n2).to(self.m.dtype)
+        else:  # today's official code: UniPC looks 900 up in the schedule, misses, uses the last entry
+            level = torch.tensor([noise_level], dtype=torch.long, device=self.m.device)
+            latents = scheduler.add_noise(latents, n2, level)
+        return latents * scheduler.init_noise_sigma
+
+    # -- denoising -------------------------------------------------------------------------------
+    def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, embedding: torch.Tensor,
+                 conditioning_scale: float) -> torch.Tensor:
+        down, mid = self.m.controlnet(latents, t, encoder_hidden_states=text, condition_embedding=embedding,
+                                      conditioning_scale=conditioning_scale, return_dict=False)
+        return self.m.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid, return_dict=False)[0]
+
+    def tiles_for(self, latent_height: int, latent_width: int, tile_size: int, overlap: int) -> list[LatentTile]:
+        if not needs_tiling(latent_height, latent_width, tile_size):
+            return [LatentTile(0, 0, 0)]  # size 0: the whole latent
+        return latent_tiles(latent_height, latent_width, tile_size, overlap)
+
+    @torch.no_grad()
+    def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: torch.Tensor, settings: dict,
+                on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> torch.Tensor:
+        guided = text.shape[0] == 2
+        controlnet, scheduler = self.m.controlnet, self.m.scheduler
+        tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
+        # the control image never changes during sampling: embed it once per tile, not once per step.
+        # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
+        # CPU convolutions round differently for different batch sizes.
+        batch_control = torch.cat([control] * 2) if guided else control
+        embeddings = [controlnet.embed_condition(self._crop(batch_control, tile, LATENT_FACTOR)) for tile in tiles]
+        weights = None
+        if tiles[0].size:
+            # official blend: float64 weights times float32 predictions (float32 on MPS, which has no float64)
+            weight_dtype = torch.float32 if self.m.device.type == "mps" else torch.float64
+            weights = gaussian_weights(tiles[0].size).to(self.m.device, weight_dtype)
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            if weights is None:
+                noise = self._predict(model_input, t, text, embeddings[0], settings["conditioning_scale"])
+                self._tick(on_step, should_stop)
+            else:
+                noise = torch.zeros(model_input.shape, device=model_input.device)
+                contributors = torch.zeros(model_input.shape, device=model_input.device)
+                for tile, embedding in zip(tiles, embeddings):
+                    part = self._predict(model_input[:, :, tile.rows(), tile.cols()], t, text, embedding,
+                                         settings["conditioning_scale"])
+                    noise[:, :, tile.rows(), tile.cols()] += part * weights
+                    contributors[:, :, tile.rows(), tile.cols()] += weights
+                    self._tick(on_step, should_stop)
+                noise /= contributors
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + settings["guidance_scale"] * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0].to(self.m.dtype)
+        return latents
+
+    @staticmethod
+    def _crop(image: torch.Tensor, tile: LatentTile, factor: int) -> torch.Tensor:
+        if not tile.size:
+            return image
+        return image[:, :, tile.top * factor:(tile.top + tile.size) * factor,
+                     tile.left * factor:(tile.left + tile.size) * factor]
+
+    @staticmethod
+    def _tick(on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
+        if on_step is not None:
+            on_step()
+        if should_stop is not None and should_stop():
+            raise Interrupted("PASD sampling was interrupted.")
+
+    # -- decoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        vae = self.m.vae
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+        return Image.fromarray((image * 255).round().astype("uint8"))
+
+    # -- the whole run ---------------------------------------------------------------------------
+    def count_steps(self, width: int, height: int, settings: dict) -> int:
+        """How many times `on_step` is called for one image of this size."""
+        control = control_image_for(Image.new("RGB", (width, height)), settings["scale"], settings["process_size"])
+        tiles = self.tiles_for(control.height // LATENT_FACTOR, control.width // LATENT_FACTOR,
+                               settings["latent_tile_size"], settings["latent_tile_overlap"])
+        return settings["steps"] * len(tiles)
+
+    def run(self, image: Image.Image, settings: dict, on_step: StepCallback | None = None,
+            should_stop: StopCheck | None = None) -> Image.Image:
+        control_image = control_image_for(image, settings["scale"], settings["process_size"])
+        guided = settings["guidance_scale"] > 1.0
+        text = self.encode_prompt(join_prompt(settings["prompt"], settings["added_prompt"]),
+                                  settings["negative_prompt"], guided)
+        control = self._to_tensor(control_image)
+        self.m.scheduler.set_timesteps(settings["steps"], device=self.m.device)
+        generator = torch.Generator(device="cpu" if self.m.device.type == "mps" else self.m.device)
+        generator.manual_seed(settings["seed"])
+        latents = self.initial_latents(control, generator, settings["added_noise_level"],
+                                       settings["added_noise_mode"])
+        latents = self.denoise(latents, control, text, settings, on_step, should_stop)
+        result = self.decode(latents)
+        result = color_fix(result, control_image, settings["color_fix"])
+        return result.resize((image.width * settings["scale"], image.height * settings["scale"]), Image.BICUBIC)
