@@ -7,8 +7,9 @@ in the ComfyUI inputs, the fal request, the CLI flags and the validation message
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import PASDError
 
@@ -59,7 +60,9 @@ class Param:
         return value
 
     def _coerce(self, value: Any) -> Any:
-        wrong = ParamError(f"{self.name}={value!r} is not {self.describe_range()}.")
+        kind = {int: "a whole number", float: "a number", str: "a string"}[self.kind]
+        limits = "" if self.kind is str or self.min is None else f" {self.describe_range()}"
+        wrong = ParamError(f"{self.name}={value!r} is not {kind}{limits}.")
         if self.kind is str:
             if not isinstance(value, str):
                 raise wrong

@@ -9,8 +9,9 @@ the ControlNet condition embedding per image (per tile when tiled).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ class PASDSampler:
             else:
                 noise = torch.zeros(model_input.shape, device=model_input.device)
                 contributors = torch.zeros(model_input.shape, device=model_input.device)
-                for tile, embedding in zip(tiles, embeddings):
+                for tile, embedding in zip(tiles, embeddings, strict=True):
                     part = self._predict(model_input[:, :, tile.rows(), tile.cols()], t, text, embedding,
                                          settings["conditioning_scale"])
                     noise[:, :, tile.rows(), tile.cols()] += part * weights

@@ -30,7 +30,7 @@ class PASDConditioningEmbedding(nn.Module):
             width = block_out_channels[0]
             self.preprocesser = nn.Sequential(*(RRDB(width, width) for _ in range(_RRDB_BLOCKS)))
         self.blocks = nn.ModuleList()
-        for channels_in, channels_out in zip(block_out_channels[:-1], block_out_channels[1:]):
+        for channels_in, channels_out in zip(block_out_channels[:-1], block_out_channels[1:], strict=False):
             self.blocks.append(nn.Conv2d(channels_in, channels_in, kernel_size=3, padding=1))
             self.blocks.append(nn.Conv2d(channels_in, channels_out, kernel_size=3, padding=1, stride=2))
         if with_rgb_heads:  # kept only so the published weights load strictly; never evaluated

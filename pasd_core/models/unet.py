@@ -133,7 +133,7 @@ class PASDUNet(UNet2DConditionModel):
             if not has_text_attention:
                 return []
             return [LightPixelLayer(attention, skip, heads, out_channels // heads)
-                    for attention, skip in zip(block.attentions, skip_channels)]
+                    for attention, skip in zip(block.attentions, skip_channels, strict=True)]
         # official: key/value width is the skip's channels in CrossAttnUpBlock2D, out_channels in UpBlock2D
         block.pixel_attentions = nn.ModuleList(
             Transformer2DModel(heads, out_channels // heads, in_channels=out_channels, num_layers=depth,
@@ -144,12 +144,8 @@ class PASDUNet(UNet2DConditionModel):
             for skip in skip_channels
         )
         anchors = block.attentions if has_text_attention else block.resnets
-        return [PixelAttentionLayer(anchor, attention) for anchor, attention in zip(anchors, block.pixel_attentions)]
-
-    def _up_input_channels(self, index: int) -> int:
-        """Channels entering up block `index` from below (the previous up block's output, or the mid block's)."""
-        reversed_channels = list(reversed(self.config.block_out_channels))
-        return reversed_channels[max(index - 1, 0)]
+        return [PixelAttentionLayer(anchor, attention)
+                for anchor, attention in zip(anchors, block.pixel_attentions, strict=True)]
 
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any,
                 down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None, **kwargs: Any) -> Any:
@@ -163,7 +159,7 @@ class PASDUNet(UNet2DConditionModel):
     def _bind(self, residuals: tuple[torch.Tensor, ...] | None) -> None:
         """Give each up-block layer the residual of the skip it concatenates (popped from the end, as the skips)."""
         remaining = list(residuals) if residuals is not None else None
-        for block, layers in zip(self.up_blocks, self.pixel_layers):
+        for block, layers in zip(self.up_blocks, self.pixel_layers, strict=True):
             taken = None
             if remaining is not None:
                 taken, remaining = remaining[-len(block.resnets):], remaining[: -len(block.resnets)]

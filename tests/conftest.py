@@ -1,0 +1,58 @@
+"""Shared test fixtures: the official-parity data and tiny PASD pipelines built from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pasd_official_tiny"
+CHECKPOINTS = FIXTURES / "checkpoints"
+SD15 = CHECKPOINTS / "stable-diffusion-v1-5"
+PASD = CHECKPOINTS / "pasd" / "checkpoint-100000"
+PASD_LIGHT = CHECKPOINTS / "pasd_light" / "checkpoint-120000"
+CASES = sorted(p.name for p in (FIXTURES / "cases").iterdir())
+
+
+def case_data(name: str) -> dict:
+    """case.json of a parity case, with the checkpoint folder its variant uses."""
+    data = json.loads((FIXTURES / "cases" / name / "case.json").read_text())
+    data["dir"] = FIXTURES / "cases" / name
+    data["checkpoint"] = PASD_LIGHT if data["variant"] == "pasd_light" else PASD
+    data["settings"] = {k: v for k, v in data["params"].items() if k != "variant"}
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """A loaded tiny PASD pipeline per variant (fp32, CPU), built once per test session."""
+    from pasd_core.pipeline import PASDPipeline
+
+    cache: dict[str, PASDPipeline] = {}
+
+    def get(variant: str = "pasd") -> PASDPipeline:
+        if variant not in cache:
+            checkpoint = PASD_LIGHT if variant == "pasd_light" else PASD
+            cache[variant] = PASDPipeline.from_pretrained(SD15, checkpoint, device="cpu", dtype="fp32")
+        return cache[variant]
+
+    return get
+
+
+@pytest.fixture()
+def pasd_copy(tmp_path: Path) -> Path:
+    """A writable copy of the tiny PASD checkpoint (for corrupting it)."""
+    target = tmp_path / "pasd"
+    shutil.copytree(PASD, target)
+    for path in target.rglob("*"):
+        path.chmod(0o644 if path.is_file() else 0o755)
+    return target
+
+
+FAST_SETTINGS = {"steps": 10, "process_size": 64, "scale": 1, "seed": 1}
