@@ -1,0 +1,101 @@
+"""PASD's networks: the published key layout, variant detection, and architectures read from config.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import PASD, PASD_LIGHT, SD15
+from pasd_core.loading import load_pasd_checkpoint
+from pasd_core.pipeline import PASDPipeline
+from tiny_pasd import write_pasd_checkpoint
+
+QUICK = {"steps": 10, "process_size": 64, "scale": 1}
+
+
+def test_stock_unet_loads_pasd_weights_and_the_extras_are_exactly_pixel_attentions():
+    config = json.loads((PASD / "unet" / "config.json").read_text())
+    state = load_file(PASD / "unet" / "diffusion_pytorch_model.safetensors")
+    result = UNet2DConditionModel.from_config(config).load_state_dict(state, strict=False)
+    assert result.missing_keys == []
+    assert result.unexpected_keys and all(".pixel_attentions." in k for k in result.unexpected_keys)
+
+
+def test_light_extras_are_the_plus_modules_in_cross_attention_up_blocks():
+    config = json.loads((PASD_LIGHT / "unet" / "config.json").read_text())
+    state = load_file(PASD_LIGHT / "unet" / "diffusion_pytorch_model.safetensors")
+    result = UNet2DConditionModel.from_config(config).load_state_dict(state, strict=False)
+    assert result.missing_keys == []
+    assert all(k.startswith("up_blocks.") and ("_plus" in k) for k in result.unexpected_keys)
+    assert {k.split(".")[1] for k in result.unexpected_keys} == {"1", "2"}  # the CrossAttnUpBlock2D ones
+
+
+@pytest.mark.parametrize("folder, variant", [(PASD, "pasd"), (PASD_LIGHT, "pasd_light")])
+def test_variant_is_detected_from_the_weights(folder, variant):
+    unet, controlnet = load_pasd_checkpoint(folder)
+    assert unet.variant == variant
+    assert not hasattr(controlnet.controlnet_cond_embedding, "preprocesser")
+
+
+def test_pixel_attention_is_wired_to_the_controlnet_residuals():
+    """Changing only the residuals changes the output through PACA even when the skips ignore them."""
+    unet, controlnet = load_pasd_checkpoint(PASD)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        down, mid = controlnet(latents, 10, text, torch.rand(1, 3, 64, 64), return_dict=False)
+    residuals = [torch.randn(r.shape, generator=torch.Generator().manual_seed(2 + i)) for i, r in enumerate(down)]
+    mid = torch.zeros_like(mid)
+    with torch.no_grad():
+        with_paca = unet(latents, 10, text, down_block_additional_residuals=residuals,
+                         mid_block_additional_residual=mid).sample
+        for block in unet.up_blocks:  # disable PACA: the output must change
+            for attention in block.pixel_attentions:
+                torch.nn.init.zeros_(attention.proj_out.weight)
+                torch.nn.init.zeros_(attention.proj_out.bias)
+        without_paca = unet(latents, 10, text, down_block_additional_residuals=residuals,
+                            mid_block_additional_residual=mid).sample
+    assert not torch.allclose(with_paca, without_paca)
+    assert all(layer.tokens is None for layers in unet.pixel_layers for layer in layers)  # unbound after the call
+
+
+@pytest.mark.parametrize("variant", ["pasd", "pasd_light"])
+@pytest.mark.parametrize("architecture", [
+    # PASD's UpBlock2D attends with out_channels-wide keys, so its skips must be as wide (true of SD1.5)
+    dict(block_out_channels=[8, 16, 16], layers_per_block=2, attention_head_dim=[2, 4, 4], norm_num_groups=8),
+    dict(block_out_channels=[16, 24, 24], use_linear_projection=True, attention_head_dim=4, norm_num_groups=8),
+])
+def test_other_architectures_load_and_sample(tmp_path, variant, architecture):
+    checkpoint = write_pasd_checkpoint(tmp_path / "pasd", variant, **architecture)
+    pipeline = PASDPipeline.from_pretrained(SD15, checkpoint, device="cpu", dtype="fp32")
+    assert pipeline.variant == variant
+    calls = []
+    result = pipeline.upscale(Image.new("RGB", (20, 12), (10, 120, 200)), {**QUICK, "scale": 2},
+                              on_step=lambda: calls.append(1))
+    assert result.size == (40, 24)
+    assert len(calls) == pipeline.count_steps(20, 12, {**QUICK, "scale": 2})
+
+
+def test_rrdb_controlnet_loads_and_runs(tmp_path):
+    checkpoint = write_pasd_checkpoint(tmp_path / "pasd_rrdb", "pasd", rrdb=True)
+    pipeline = PASDPipeline.from_pretrained(SD15, checkpoint, device="cpu", dtype="fp32")
+    assert hasattr(pipeline.models.controlnet.controlnet_cond_embedding, "preprocesser")
+    assert pipeline.upscale(Image.new("RGB", (16, 16)), QUICK).size == (16, 16)
+
+
+def test_training_only_rgb_heads_are_never_run(tiny_pipeline, monkeypatch):
+    pipeline = tiny_pipeline("pasd")
+    embedding = pipeline.models.controlnet.controlnet_cond_embedding
+    assert len(embedding.to_rgbs) == 3  # loaded, so the published weights load strictly
+
+    def fail(*args, **kwargs):
+        raise AssertionError("to_rgbs ran")
+
+    for head in embedding.to_rgbs:
+        monkeypatch.setattr(head, "forward", fail)
+    pipeline.upscale(Image.new("RGB", (16, 16)), QUICK)
