@@ -22,9 +22,10 @@ from typing import Any
 
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter
 
 from .errors import Interrupted, PASDError
-from .fal_errors import ENDPOINT, FalError, malformed, shorten
+from .fal_errors import ENDPOINT, FalError, download_error, failed_on_fal, malformed, shorten
 from .fal_key import find_fal_key
 from .fal_transport import Budget, FalTransport, RetryPolicy, Stopped, json_answer
 from .params import REMOTE_PARAMS, fal_arguments, validate
@@ -81,7 +82,13 @@ class FalQueueClient:
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.upload_threshold = upload_threshold
-        self.transport = FalTransport(session or requests.Session(), retry or RetryPolicy(), http_timeout, sleep)
+        if session is None:
+            session = requests.Session()
+            # One pooled connection per request in flight (urllib3 keeps 10 per host by default).
+            adapter = HTTPAdapter(pool_maxsize=max(10, 2 * max_in_flight))
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self.transport = FalTransport(session, retry or RetryPolicy(), http_timeout, sleep)
 
     def __repr__(self) -> str:  # never the key
         return f"FalQueueClient(queue_url={self.queue_url!r}, max_in_flight={self.max_in_flight})"
@@ -104,7 +111,8 @@ class FalQueueClient:
         key = self._key or find_fal_key()
         count = len(images)
         cost = estimated_cost_usd((im.size for im in images), settings["scale"])
-        summary = f"{count} image(s), about ${cost:.3f} at ${PRICE_PER_MEGAPIXEL_USD:.2f} per output megapixel"
+        summary = (f"{count} image(s), {cost / PRICE_PER_MEGAPIXEL_USD:.2f} output megapixels, about ${cost:.2f} "
+                   f"(${PRICE_PER_MEGAPIXEL_USD:.2f} per megapixel)")
         logger.info("%s: %s", ENDPOINT, summary)
         if on_log is not None:
             on_log(f"{ENDPOINT}: {summary}")
@@ -131,8 +139,8 @@ class FalQueueClient:
                     on_progress()
                 elif kind == "done":
                     finished += 1
-                    index, image, error = payload
-                    results[index] = image
+                    index, upscaled, error = payload
+                    results[index] = upscaled
                     if error is not None and failure is None and not isinstance(error, Stopped):
                         failure = (index, error)
                         stop.set()
@@ -142,16 +150,12 @@ class FalQueueClient:
         if interrupted:
             raise Interrupted(f"Interrupted: the {ENDPOINT} requests still running were cancelled.")
         if failure is not None:
-            raise self._batch_error(*failure, count)
+            index, error = failure
+            if count > 1 and isinstance(error, PASDError):
+                status_code = getattr(error, "status_code", None)
+                raise FalError(f"image {index + 1} of {count}: {error}", status_code=status_code) from error
+            raise error
         return results  # type: ignore[return-value]  # every slot was filled
-
-    @staticmethod
-    def _batch_error(index: int, error: BaseException, count: int) -> BaseException:
-        if count == 1 or not isinstance(error, PASDError):
-            return error
-        wrapped = FalError(f"image {index + 1} of {count}: {error}", status_code=getattr(error, "status_code", None))
-        wrapped.__cause__ = error
-        return wrapped
 
     def _run_one(self, index: int, count: int, image: Image.Image, arguments: dict[str, Any], key: str,
                  stop: threading.Event, events: queue.Queue) -> None:
@@ -168,12 +172,14 @@ class FalQueueClient:
             body = {"image_url": self._image_url(png_bytes(image), key, budget), **arguments}
             request = self.submit(body, key=key, budget=budget)
             try:
-                self.wait(request, key=key, budget=budget, log=log, tick=lambda: events.put(("progress",)))
+                status = self.wait(request, key=key, budget=budget, log=log, tick=lambda: events.put(("progress",)))
             except BaseException:
-                self.cancel(request, key=key)
+                self.cancel(request, key=key)  # still queued or running on fal: do not leave it to be billed
                 raise
+            if status.get("error"):
+                raise failed_on_fal(status["error"], status.get("error_type"))
             answer = self.result(request, key=key, budget=budget)
-            result = self._check_size(self.download(answer, budget=budget), image, arguments["scale"])
+            result = self._check_size(self.download(answer, budget=budget, secret=key), image, arguments["scale"])
         except BaseException as exc:  # noqa: BLE001  # handed to the caller's thread, which raises it
             error = exc
         events.put(("done", index, result, error))
@@ -184,7 +190,7 @@ class FalQueueClient:
         action = f"submitting the image to {ENDPOINT}"
         response = self.transport.request("POST", f"{self.queue_url}/{ENDPOINT}", action=action, budget=budget,
                                           secret=key, headers=self._auth(key), json_body=body)
-        answer = json_answer(response, action, required=("request_id",))
+        answer = json_answer(response, action, required=("request_id",), secret=key)
         request_id = str(answer["request_id"])
         base = f"{self.queue_url}/{ENDPOINT}/requests/{request_id}"  # fal's layout, if a URL is missing
         request = QueueRequest(request_id, answer.get("status_url") or f"{base}/status",
@@ -198,30 +204,27 @@ class FalQueueClient:
              tick: Callable[[], None]) -> dict[str, Any]:
         """Poll until COMPLETED; each new log line goes to `log` once, each poll calls `tick`."""
         seen: set[tuple[Any, ...]] = set()
-        last = None
+        last: tuple[str, Any] = ("none", None)
         while True:
-            action = f"waiting for {ENDPOINT} (request {request.request_id}, last status {last or 'none'})"
-            response = self.transport.request("GET", request.status_url + "?logs=1", action=action, budget=budget,
-                                              secret=key, headers=self._auth(key))
-            status = json_answer(response, action, required=("status",))
-            state = status["status"]
+            action = f"waiting for {ENDPOINT} (request {request.request_id}, last status {last[0]})"
+            url = request.status_url + ("&" if "?" in request.status_url else "?") + "logs=1"
+            response = self.transport.request("GET", url, action=action, budget=budget, secret=key,
+                                              headers=self._auth(key))
+            status = json_answer(response, action, required=("status",), secret=key)
+            state, position = status["status"], status.get("queue_position")
             if state not in STATUSES:
                 raise malformed(action, f"unknown status {state!r}")
             tick()
+            if (state, position) != last:
+                log(f"in queue (position {position})" if state == "IN_QUEUE" and position is not None
+                    else state.lower().replace("_", " "))
+                last = (state, position)
             for line in status.get("logs") or ():
                 entry = (line.get("timestamp"), line.get("message")) if isinstance(line, dict) else (None, line)
                 if entry not in seen:
                     seen.add(entry)
                     log(str(entry[1]))
-            position = status.get("queue_position")
-            if (state, position) != last:
-                log("in queue" + (f" (position {position})" if position is not None else "")
-                    if state == "IN_QUEUE" else state.lower().replace("_", " "))
-                last = (state, position)
-            if state == "COMPLETED":
-                if status.get("error"):
-                    kind = f" ({status['error_type']})" if status.get("error_type") else ""
-                    raise FalError(f"{ENDPOINT} failed on fal's side{kind}: {shorten(str(status['error']))}")
+            if state == "COMPLETED":  # with an `error` field when the request failed on fal's side
                 return status
             budget.pause(self.poll_interval)
 
@@ -229,7 +232,7 @@ class FalQueueClient:
         action = f"fetching the result of request {request.request_id}"
         response = self.transport.request("GET", request.response_url, action=action, budget=budget, secret=key,
                                           headers=self._auth(key))
-        return json_answer(response, action, required=("images",))
+        return json_answer(response, action, required=("images",), secret=key)
 
     def cancel(self, request: QueueRequest, *, key: str) -> None:
         """Ask fal to drop the request; best effort (fal answers 400/404 when it already finished)."""
@@ -250,13 +253,13 @@ class FalQueueClient:
         response = self.transport.request(
             "POST", f"{self.rest_url}/storage/upload/initiate?storage_type=fal-cdn-v3", action=action, budget=budget,
             secret=key, headers=self._auth(key), json_body={"content_type": "image/png", "file_name": "pasd-input.png"})
-        target = json_answer(response, action, required=("upload_url", "file_url"))
+        target = json_answer(response, action, required=("upload_url", "file_url"), secret=key)
         # The signed upload URL needs no key: fal's clients PUT the bytes with only a content type.
         self.transport.request("PUT", target["upload_url"], action=action, budget=budget, secret=key,
                                headers={"Content-Type": "image/png"}, data=png)
         return str(target["file_url"])
 
-    def download(self, answer: Mapping[str, Any], *, budget: Budget) -> Image.Image:
+    def download(self, answer: Mapping[str, Any], *, budget: Budget, secret: str | None = None) -> Image.Image:
         """The first image of a result answer, fetched without the key (fal's file URLs are public)."""
         action = "reading the result"
         images = answer.get("images")
@@ -271,7 +274,7 @@ class FalQueueClient:
                 raise malformed(action, "an image data URI that is not base64") from None
         else:
             data = self.transport.request("GET", url, action=f"downloading the result image {shorten(url, 100)}",
-                                          budget=budget, error=download_error).content
+                                          budget=budget, secret=secret, error=download_error).content
         try:
             with Image.open(io.BytesIO(data)) as result:
                 return result.convert("RGB")
@@ -293,15 +296,12 @@ class FalQueueClient:
         return {"Authorization": f"Key {key}"}
 
 
-def download_error(status: int, body: bytes, *, action: str, attempts: int, secret: str | None) -> FalError:
-    """Downloads go to fal's public file host without the key: a 401 there is not about FAL_KEY."""
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    said = shorten(body.decode("utf-8", "replace"), 200)
-    return FalError(f"Failed {action}: HTTP {status}{tries} ({said or 'empty answer'}). Try again.",
-                    status_code=status)
+def upscale_images(images: Sequence[Image.Image], settings: Mapping[str, Any] | None = None, *,
+                   on_log: Callable[[str], None] | None = None, on_progress: Callable[[], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None, **options: Any) -> list[Image.Image]:
+    """One call for scripts: `upscale_images([Image.open("in.png")], {"scale": 4})`.
 
-
-def upscale_images(images: Sequence[Image.Image], settings: Mapping[str, Any] | None = None,
-                   **callbacks: Any) -> list[Image.Image]:
-    """One call for scripts: `upscale_images([Image.open("in.png")], {"scale": 4})`."""
-    return FalQueueClient().upscale_batch(images, settings or {}, **callbacks)
+    `options` go to FalQueueClient (key, max_in_flight, timeout, ...); the key defaults to FAL_KEY.
+    """
+    return FalQueueClient(**options).upscale_batch(images, settings or {}, on_log=on_log, on_progress=on_progress,
+                                                   should_stop=should_stop)

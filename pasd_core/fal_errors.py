@@ -13,9 +13,9 @@ from .errors import PASDError
 
 ENDPOINT = "fal-ai/pasd"
 KEY_HELP = (
-    "Create a key at https://fal.ai/dashboard/keys and set it in the environment that starts "
-    "ComfyUI (export FAL_KEY=...), or put {\"fal_key\": \"...\"} in ~/.config/comfyui-pasd/fal.json "
-    "(another path with PASD_FAL_CONFIG), then restart ComfyUI."
+    "Create a key at https://fal.ai/dashboard/keys, then either set it in the environment that starts "
+    "ComfyUI (export FAL_KEY=...) and restart ComfyUI, or put {\"fal_key\": \"...\"} in "
+    "~/.config/comfyui-pasd/fal.json (read on every run; another path with PASD_FAL_CONFIG)."
 )
 # fal's input name for the picture is image_url; users know it as the node's `image` input.
 FIELD_NAMES = {"image_url": "image"}
@@ -96,3 +96,17 @@ def http_error(status: int, body: bytes, *, action: str, attempts: int, secret: 
 def malformed(action: str, why: str) -> FalError:
     return FalError(f"fal's answer to {action} was not what {ENDPOINT} should send ({why}). "
                     "Try again; if it persists, fal's API may have changed.")
+
+
+def failed_on_fal(error: Any, error_type: Any = None) -> FalError:
+    """A request whose final status is COMPLETED with an `error` (fal's runner failed on it)."""
+    kind = f" ({error_type})" if error_type else ""
+    return FalError(f"{ENDPOINT} failed on fal's side{kind}: {shorten(str(error))}")
+
+
+def download_error(status: int, body: bytes, *, action: str, attempts: int, secret: str | None) -> FalError:
+    """Result files come from fal's public file host, fetched without the key: a 4xx there is not about FAL_KEY."""
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    said = redact(shorten(body.decode("utf-8", "replace"), 200), secret)
+    return FalError(f"Failed {action}: HTTP {status}{tries} ({said or 'empty answer'}). Try again.",
+                    status_code=status)

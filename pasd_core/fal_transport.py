@@ -68,7 +68,7 @@ class Budget:
             raise Stopped
         if self.remaining() <= 0:
             raise FalError(f"Timed out after {self.timeout:g} s while {action}. fal may be busy: try again "
-                           "later, or allow more time (the timeout setting).")
+                           "later (scripts can allow more time with FalQueueClient(timeout=...)).")
 
     def pause(self, seconds: float) -> None:
         """Wait between polls; returns early (raising Stopped) when the run is stopped."""
@@ -89,13 +89,14 @@ def retry_after_seconds(response: requests.Response) -> float | None:
         return None
 
 
-def json_answer(response: requests.Response, action: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+def json_answer(response: requests.Response, action: str, required: tuple[str, ...] = (), *,
+                secret: str | None = None) -> dict[str, Any]:
     """The JSON object fal answered, with `required` fields present, or a FalError saying what is wrong."""
     try:
         answer = response.json()
     except ValueError:
         kind = response.headers.get("Content-Type", "no content type")
-        raise malformed(action, f"not JSON but {kind}: {shorten(response.text, 120)!r}") from None
+        raise malformed(action, f"not JSON but {kind}: {redact(shorten(response.text, 120), secret)!r}") from None
     if not isinstance(answer, dict):
         raise malformed(action, f"a JSON {type(answer).__name__} instead of an object")
     missing = [name for name in required if not answer.get(name)]
@@ -139,8 +140,8 @@ class FalTransport:
             delay = self.retry.delay(attempt, wait_hint)
             if attempt == attempts or delay >= budget.remaining():
                 raise final(attempts=attempt)
-            message = f"fal: {failure} while {action}; retrying in {delay:.1f} s (attempt {attempt + 1} of {attempts})"
-            logger.info(message)
+            message = f"{failure} while {action}; retrying in {delay:.1f} s (attempt {attempt + 1} of {attempts})"
+            logger.info("fal: %s", message)
             budget.on_retry(message)
             budget.backoff(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -150,7 +150,7 @@ def load_base_folder(folder: Path) -> BaseModel:
                                                      use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True,
                                             low_cpu_mem_usage=False)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise ModelError(f"cannot load the SD1.5 base from {folder}: {error}") from None
     scheduler_config = read_config(folder / "scheduler" / "scheduler_config.json")
     return BaseModel(tokenizer, text_encoder.eval().requires_grad_(False), vae.eval().requires_grad_(False),
