@@ -34,7 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_flags(up, SAMPLER_PARAMS)
     add_cli_flags(up, LOADER_PARAMS)
     up.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    down = commands.add_parser("download", help="download PASD and SD1.5 weights (needs internet)",
+                               description="Download a PASD checkpoint into MODELS/pasd and the SD1.5 base parts "
+                                           "into MODELS/diffusers (the layout ComfyUI's models folder uses).")
+    down.add_argument("--models-dir", default="models", help="models folder (e.g. ComfyUI/models); default ./models")
+    down.add_argument("--variant", default="pasd", help="pasd (default), pasd_light, pasd_rrdb, pasd_light_rrdb")
+    down.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .download import ensure_pasd_checkpoint, ensure_sd15_base
+
+    models = Path(args.models_dir)
+    pasd = ensure_pasd_checkpoint(args.variant, models / "pasd")
+    base = ensure_sd15_base(models / "diffusers")
+    print(f"--pasd-model {pasd} --base-model {base}")
+    return 0
 
 
 def _output_format(path: Path) -> str:
@@ -112,6 +128,8 @@ def _run_remote(args: argparse.Namespace, image: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "download":
+            return _download(args)
         output = Path(args.output)
         fmt = _output_format(output)
         image = read_image(args.input)

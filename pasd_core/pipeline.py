@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import memory
 from .errors import InputImageError
 from .params import SAMPLER_PARAMS, validate
 from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
+
+logger = logging.getLogger(__name__)
 
 
 class PASDPipeline:
@@ -77,8 +81,7 @@ class PASDPipeline:
         """Move the weights to CPU (free GPU memory between runs)."""
         for module in self._modules():
             module.to("cpu")
-        if self.models.device.type == "cuda":
-            torch.cuda.empty_cache()
+        memory.release(self.models.device)
 
     def onload(self) -> None:
         for module in self._modules():
@@ -92,7 +95,22 @@ class PASDPipeline:
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Image.Image:
         """Super-resolve (or stylize) one image; `settings` are checked against the shared table."""
         settings = validate(settings or {}, SAMPLER_PARAMS)
-        return self._sampler.run(as_rgb(image), settings, on_step=on_step, should_stop=should_stop)
+        image = as_rgb(image)
+        self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype)
+        while True:
+            try:
+                return self._sampler.run(image, settings, on_step=on_step, should_stop=should_stop)
+            except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+                if self.device.type == "cpu" or not memory.is_out_of_memory(error):
+                    raise
+                smaller = memory.halve_tiles(settings, self.models.vae_tiles)
+                if smaller is None:
+                    raise
+            # retried outside the except block, so the failed attempt's tensors are freed with its traceback
+            memory.release(self.device)
+            settings, self.models.vae_tiles = smaller
+            logger.warning("PASD ran out of memory; retrying with latent tiles of %d and VAE tiles of %s",
+                           settings["latent_tile_size"], self.models.vae_tiles)
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

@@ -22,6 +22,8 @@ from .errors import Interrupted
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
+# official test_pasd.py runs its VAE untiled up to these sizes (encoder tile 1024 px, decoder tile 224 latents)
+OFFICIAL_VAE_TILES = (1024, 224 * LATENT_FACTOR)
 
 
 def control_image_for(image: Image.Image, scale: int, process_size: int) -> Image.Image:
@@ -50,6 +52,7 @@ class SamplerModels:
     scheduler: Any
     device: torch.device
     dtype: torch.dtype
+    vae_tiles: tuple[int, int] = OFFICIAL_VAE_TILES  # (encode, decode) tile sides in pixels
 
 
 StepCallback = Callable[[], None]
@@ -84,6 +87,7 @@ class PASDSampler:
         from diffusers.utils.torch_utils import randn_tensor
 
         scheduler, vae = self.m.scheduler, self.m.vae
+        self._tile_vae(self.m.vae_tiles[0])
         latents = vae.encode(control * 2.0 - 1.0).latent_dist.sample(generator) * vae.config.scaling_factor
         n1 = randn_tensor(latents.shape, generator=generator, device=self.m.device, dtype=self.m.dtype)
         latents = scheduler.add_noise(latents, n1, scheduler.timesteps[:1])
@@ -161,10 +165,18 @@ class PASDSampler:
         if should_stop is not None and should_stop():
             raise Interrupted("PASD sampling was interrupted.")
 
+    def _tile_vae(self, pixels: int) -> None:
+        """diffusers' VAE tiling: images larger than `pixels` are encoded/decoded tile by tile."""
+        vae = self.m.vae
+        vae.use_tiling = True
+        vae.tile_sample_min_size = pixels
+        vae.tile_latent_min_size = pixels // LATENT_FACTOR
+
     # -- decoding --------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.m.vae
+        self._tile_vae(self.m.vae_tiles[1])
         image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
         image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
         return Image.fromarray((image * 255).round().astype("uint8"))

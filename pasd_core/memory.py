@@ -1,0 +1,51 @@
+"""Memory policy: how large the VAE tiles may be, and what to do when a GPU runs out of memory.
+
+Kept simple enough to trust without a GPU run: sizes come from free memory with a generous margin,
+and an out-of-memory error retries with half-size tiles instead of failing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sampler import OFFICIAL_VAE_TILES
+
+# SD's VAE decoder at full resolution keeps a few 128-channel maps alive, plus lower-resolution ones:
+# about 1,000 values per output pixel at its peak (measured order of magnitude, rounded up).
+_VAE_VALUES_PER_PIXEL = 1000
+_SMALLEST_TILE = 256
+
+
+def vae_tiles_for(device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
+    """(encode, decode) VAE tile sides: the official ones when they fit in half the free GPU memory."""
+    if device.type != "cuda":
+        return OFFICIAL_VAE_TILES
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = free / 2
+    bytes_per_pixel = _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
+    decode = OFFICIAL_VAE_TILES[1]
+    while decode > _SMALLEST_TILE and decode * decode * bytes_per_pixel > budget:
+        decode //= 2
+    return min(OFFICIAL_VAE_TILES[0], decode), decode
+
+
+def halve_tiles(settings: dict, vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:
+    """Smaller tiles after an out-of-memory error, or None when they are already the smallest."""
+    latent = max(8, settings["latent_tile_size"] // 2 // 8 * 8)
+    vae = (max(_SMALLEST_TILE, vae_tiles[0] // 2), max(_SMALLEST_TILE, vae_tiles[1] // 2))
+    if latent == settings["latent_tile_size"] and vae == vae_tiles:
+        return None
+    overlap = min(settings["latent_tile_overlap"], latent // 2)
+    return {**settings, "latent_tile_size": latent, "latent_tile_overlap": overlap}, vae
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def release(device: torch.device) -> None:
+    """Return cached blocks to the driver so other models (and the retry) can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
