@@ -157,15 +157,16 @@ def load_base_folder(folder: Path) -> BaseModel:
                      scheduler_config)
 
 
-def load_base(path: str | Path) -> BaseModel:
-    """An SD1.5 base: a diffusers folder, or an original-layout single .safetensors file."""
+def load_base(path: str | Path, config_dir: str | Path | None = None) -> BaseModel:
+    """An SD1.5 base: a diffusers folder, or an original-layout single file (configs from `config_dir`,
+    by default the SD1.5 ones shipped in pasd_core/sd15)."""
     path = Path(path)
     if path.is_dir():
         return load_base_folder(path)
     if path.is_file():
         from .single_file import load_base_components
 
-        parts = load_base_components(path)
+        parts = load_base_components(path, config_dir)
         return BaseModel(parts.tokenizer, parts.text_encoder, parts.vae, parts.scheduler_config)
     raise ModelError(f"SD1.5 base model {path} does not exist: give a stable-diffusion-v1-5 diffusers folder or "
                      "a single .safetensors checkpoint.")

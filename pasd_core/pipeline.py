@@ -33,8 +33,12 @@ class PASDPipeline:
     @classmethod
     def from_pretrained(cls, base_model: str | Path, pasd_model: str | Path, *, style_model: str | Path | None = None,
                         style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
-                        device: str = "auto", dtype: str = "auto") -> "PASDPipeline":
-        """Load an official PASD checkpoint folder on an SD1.5 base, optionally personalized."""
+                        device: str = "auto", dtype: str = "auto",
+                        base_config: str | Path | None = None) -> "PASDPipeline":
+        """Load an official PASD checkpoint folder on an SD1.5 base, optionally personalized.
+
+        `base_config` only matters for a single-file base of another architecture than SD1.5's (tests).
+        """
         from diffusers import UniPCMultistepScheduler
 
         from . import loading
@@ -42,7 +46,7 @@ class PASDPipeline:
         torch_device = loading.resolve_device(device)
         torch_dtype = loading.resolve_dtype(dtype, torch_device)
         unet, controlnet = loading.load_pasd_checkpoint(pasd_model)
-        base = loading.load_base(base_model)
+        base = loading.load_base(base_model, base_config)
         loading.check_compatible(base, unet, Path(base_model))
         text_encoder, vae = base.text_encoder, base.vae
         if style_model is not None:
