@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import PASD
-
 from pasd_core.models import PASDControlNet, PASDUNet
 
 
