@@ -1,0 +1,103 @@
+"""ComfyUI input declarations derived from the parameter table (`pasd_core.params`).
+
+Each input is first described neutrally as an `Input` whose option names are those of ComfyUI's
+V3 schema (`comfy_api.latest.io.Int.Input(id, default=, min=, ...)`); `classic()` turns it into
+the INPUT_TYPES tuple the nodes declare today and `v3()` into a V3 input, so both stay one source.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..pasd_core.params import Param
+
+WIDGET_TYPES = {int: "INT", float: "FLOAT", str: "STRING"}
+# Inputs ComfyUI re-rolls after each queued prompt (its "control after generate" widget), as core's KSampler.
+SEED_NAMES = ("seed",)
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    io_type: str  # "INT", "FLOAT", "STRING", "COMBO", or a socket type such as "IMAGE"
+    options: dict[str, Any] = field(default_factory=dict)  # keyword names of the V3 `Input` constructors
+
+
+def from_param(param: Param) -> Input:
+    """The widget for one table entry: its type, default, range, step, choices and tooltip."""
+    options: dict[str, Any] = {"default": param.default, "tooltip": param.tooltip}
+    if param.choices is not None:
+        return Input(param.name, "COMBO", {"options": list(param.choices), **options})
+    for key in ("min", "max", "step"):
+        value = getattr(param, key)
+        if value is not None:
+            options[key] = param.kind(value)
+    if param.multiline:
+        options["multiline"] = True
+    if param.name in SEED_NAMES:
+        options["control_after_generate"] = True
+    return Input(param.name, WIDGET_TYPES[param.kind], options)
+
+
+def combo(name: str, choices: Sequence[str], tooltip: str) -> Input:
+    """A dropdown whose choices are not in the table (model files found on disk)."""
+    return Input(name, "COMBO", {"options": list(choices), "tooltip": tooltip})
+
+
+def socket(name: str, io_type: str, tooltip: str | None = None) -> Input:
+    """A connection-only input such as an IMAGE or a PASD_MODEL."""
+    return Input(name, io_type, {"tooltip": tooltip} if tooltip else {})
+
+
+def classic(item: Input) -> tuple:
+    """The INPUT_TYPES entry for `item`: dropdowns as a list of choices, others as (TYPE, options)."""
+    options = dict(item.options)
+    if item.io_type == "COMBO":
+        return (options.pop("options"), options)
+    return (item.io_type, options)
+
+
+def declare(*items: Input | Param | Iterable[Param]) -> list[Input]:
+    """A node's inputs in order; table entries (or tuples of them) become widgets."""
+    out: list[Input] = []
+    for item in items:
+        if isinstance(item, Input):
+            out.append(item)
+        elif isinstance(item, Param):
+            out.append(from_param(item))
+        else:
+            out.extend(from_param(p) for p in item)
+    return out
+
+
+def comfy_inputs(inputs: Iterable[Input]) -> dict[str, dict[str, tuple]]:
+    """The classic INPUT_TYPES of a node whose inputs are `inputs` (all required)."""
+    return {"required": {item.name: classic(item) for item in inputs}}
+
+
+class DeclaredNode:
+    """Base of this pack's nodes: INPUT_TYPES is made from `inputs()`, the description from the docstring."""
+
+    CATEGORY = "image/upscaling/PASD"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.DESCRIPTION = inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        raise NotImplementedError
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:  # noqa: N802 - the name ComfyUI calls
+        return comfy_inputs(cls.inputs())
+
+
+def v3(item: Input, io: Any) -> Any:
+    """The same input in ComfyUI's V3 schema; `io` is `comfy_api.latest.io`."""
+    kinds = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "COMBO": io.Combo, "IMAGE": io.Image}
+    kind = kinds.get(item.io_type) or io.Custom(item.io_type)
+    return kind.Input(item.name, **item.options)

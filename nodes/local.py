@@ -1,0 +1,137 @@
+"""Local PASD nodes: load a model, super-resolve or stylize an IMAGE batch, colour-correct."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+# The table is read at call time (table.X), so every input follows it, even when patched in a test.
+from ..pasd_core import params as table
+from . import host, images
+from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
+
+NONE = "none"
+# The same test as pasd_core.loading.is_pasd_checkpoint, without importing torch to fill a dropdown.
+PASD_CHECKPOINT_MARKERS = ("unet/config.json", "controlnet/config.json")
+SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses (seed + i) mod 2**64
+
+
+def base_model_choices() -> list[str]:
+    """SD1.5 bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
+    folders = [f"diffusers/{name}" for name in host.model_dirs("diffusers", ("model_index.json",))]
+    return folders + [f"checkpoints/{name}" for name in host.model_files("checkpoints")]
+
+
+def base_model_path(choice: str) -> str:
+    kind, _, name = choice.partition("/")
+    if kind not in ("diffusers", "checkpoints") or not name:
+        raise FileNotFoundError(f"base_model {choice!r} should start with diffusers/ or checkpoints/; pick one "
+                                "from the list.")
+    return host.model_path(kind, name)
+
+
+def optional_path(kind: str, choice: str) -> str | None:
+    return None if choice == NONE else host.model_path(kind, choice)
+
+
+class PASDModelLoader(DeclaredNode):
+    """Load a PASD checkpoint on an SD1.5 base, optionally with a personalized model and a LoRA."""
+
+    RETURN_TYPES = ("PASD_MODEL",)
+    FUNCTION = "load"
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        return declare(
+            combo("pasd_model", host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS),
+                  "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd, e.g. pasd/checkpoint-100000; "
+                  "pasd_light suits stylization."),
+            combo("base_model", base_model_choices(),
+                  "Stable Diffusion 1.5 base (text encoder, VAE, scheduler): a diffusers folder from models/diffusers "
+                  "or a single file from models/checkpoints."),
+            combo("style_model", [NONE, *host.model_files("checkpoints")],
+                  "Optional personalized SD1.5 checkpoint (e.g. ToonYou) for stylization; none keeps plain "
+                  "super-resolution."),
+            table.BY_NAME["style_strength"],
+            combo("lora", [NONE, *host.model_files("loras")], "Optional SD1.5 LoRA from models/loras."),
+            table.BY_NAME["lora_strength"],
+            table.BY_NAME["device"],
+            table.BY_NAME["dtype"],
+        )
+
+    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, **params: Any) -> tuple[Any]:
+        settings = table.validate(params, table.LOADER_PARAMS)
+        device = host.torch_device() if settings["device"] == "auto" else settings["device"]
+        dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
+        paths = (host.model_path(host.PASD_FOLDER, pasd_model), base_model_path(base_model),
+                 optional_path("checkpoints", style_model), optional_path("loras", lora))
+        from ..pasd_core.pipeline import PASDPipeline
+
+        host.free_memory()
+        pipeline = PASDPipeline.from_pretrained(
+            paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
+            lora=paths[3], lora_strength=settings["lora_strength"], device=device, dtype=dtype,
+        )
+        return (pipeline,)
+
+
+class PASDUpscale(DeclaredNode):
+    """Super-resolve (or, with a personalized model, stylize) an image batch with a loaded PASD model."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        return declare(socket("image", "IMAGE"), socket("pasd_model", "PASD_MODEL"), table.SAMPLER_PARAMS)
+
+    def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
+        settings = table.validate(params, table.SAMPLER_PARAMS)
+        inputs = images.to_pil(image)
+        pipeline = pasd_model  # a pasd_core.pipeline.PASDPipeline; its device stays the target while offloaded
+        host.free_memory()
+        pipeline.to(pipeline.device)
+        total = len(inputs) * pipeline.count_steps(*inputs[0].size, settings)
+        host.log.info("PASD: upscaling %d image(s) of %d×%d by %d, %d denoising steps in all", len(inputs),
+                      *inputs[0].size, settings["scale"], total)
+        try:
+            with host.cancellable() as should_stop, host.progress(total) as tick:
+                outputs = [
+                    pipeline.upscale(picture, {**settings, "seed": (settings["seed"] + i) % SEED_SPACE},
+                                     on_step=tick, should_stop=should_stop)
+                    for i, picture in enumerate(inputs)
+                ]
+        finally:
+            if not host.keeps_models_on_device():
+                pipeline.offload()
+        return (images.to_batch(outputs),)
+
+
+class PASDColorFix(DeclaredNode):
+    """Give an image the colours of a reference (e.g. the low-resolution input), keeping its detail."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "fix"
+
+    @classmethod
+    def method_input(cls) -> Input:
+        color_fix = from_param(table.BY_NAME["color_fix"])
+        choices = [c for c in color_fix.options["options"] if c != NONE]  # "none" would make the node a no-op
+        tooltip = f"How to match the colours: {' or '.join(choices)} (wavelet is what the official PASD does)."
+        return replace(color_fix, name="method", options={**color_fix.options, "options": choices, "tooltip": tooltip})
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        return declare(socket("image", "IMAGE"),
+                       socket("reference", "IMAGE", "Its colours are applied; resized to the image if needed."),
+                       cls.method_input())
+
+    def fix(self, image: Any, reference: Any, method: str) -> tuple[Any]:
+        choices = self.method_input().options["options"]
+        if method not in choices:
+            raise table.ParamError(f"method={method!r} is not allowed: use one of {', '.join(choices)}.")
+        from ..pasd_core.color import color_fix_tensor
+
+        reference = images.match_batch(reference, image.shape[0], "reference")
+        fixed = color_fix_tensor(images.channels_first(image), images.channels_first(reference), method)
+        return (fixed.permute(0, 2, 3, 1).contiguous(),)

@@ -1,0 +1,265 @@
+"""Shared helpers for the ComfyUI-facing tests: the pack as ComfyUI imports it, the tiny models laid out
+as a ComfyUI models folder, fakes of ComfyUI's modules and of the engine, and the UI-format → API-format
+workflow converter. Importing this module loads no heavy module (the pack's import-cost test relies on it).
+
+`python tests/comfy_fixtures.py` rewrites workflows/api/*.json from the UI workflows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
+CHECKPOINTS = FIXTURES / "checkpoints"
+WORKFLOWS = REPO / "workflows"
+API_WORKFLOWS = WORKFLOWS / "api"
+PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
+
+# What the workflows need of ComfyUI's own nodes (checked against a real ComfyUI's /object_info by the E2E tests).
+CORE_NODES: dict[str, dict[str, Any]] = {
+    "LoadImage": {"input": {"required": {"image": ([], {"image_upload": True})}},
+                  "output": ["IMAGE", "MASK"], "display_name": "Load Image"},
+    "SaveImage": {"input": {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+                  "output": [], "display_name": "Save Image"},
+    "ImageBatch": {"input": {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}, "output": ["IMAGE"],
+                   "display_name": "Batch Images"},
+}
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def load_pack() -> Any:
+    """The repository imported the way ComfyUI imports a custom node folder (a package named after it)."""
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK_NAME]
+
+
+def pack_module(name: str) -> Any:
+    """A submodule of the pack, e.g. pack_module("nodes.local") or pack_module("pasd_core.errors")."""
+    load_pack()
+    return importlib.import_module(f"{PACK_NAME}.{name}")
+
+
+def make_models_dir(root: Path) -> Path:
+    """A ComfyUI models folder whose pasd/ and diffusers/ point at the tiny official-layout checkpoints."""
+    for name in ("pasd", "diffusers", "checkpoints", "loras"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for variant in ("pasd", "pasd_light"):
+        (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
+    (root / "diffusers" / "stable-diffusion-v1-5").symlink_to(CHECKPOINTS / "stable-diffusion-v1-5",
+                                                             target_is_directory=True)
+    return root
+
+
+# --- fakes of ComfyUI and of the engine ------------------------------------------------------------
+
+class FakeComfyUI:
+    """Just enough of folder_paths, comfy.model_management and comfy.utils to watch the pack use them."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.calls: list[str] = []
+        self.ticks = 0
+        self.bar_totals: list[int] = []
+        self.interrupt = False
+        self.interrupt_after: int | None = None  # press cancel after this many progress ticks
+        self.device = "cpu"  # what --cpu or a GPU would make get_torch_device() answer
+        self.high_vram = False
+        self.folder_paths = self._folder_paths(models_dir)
+        self.model_management = self._model_management()
+        self.utils = self._utils()
+
+    def install(self, monkeypatch: Any) -> FakeComfyUI:
+        """Put the fakes in sys.modules for one test (`monkeypatch` is pytest's fixture)."""
+        monkeypatch.setitem(sys.modules, "folder_paths", self.folder_paths)
+        monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
+        monkeypatch.setitem(sys.modules, "comfy.model_management", self.model_management)
+        monkeypatch.setitem(sys.modules, "comfy.utils", self.utils)
+        return self
+
+    def _folder_paths(self, models_dir: Path) -> types.ModuleType:
+        module = types.ModuleType("folder_paths")
+        module.models_dir = str(models_dir)
+        module.folder_names_and_paths = {
+            kind: ([str(models_dir / kind)], {".safetensors", ".ckpt"}) for kind in ("checkpoints", "loras")}
+        module.folder_names_and_paths["diffusers"] = ([str(models_dir / "diffusers")], ["folder"])
+
+        def add_model_folder_path(name: str, path: str, is_default: bool = False) -> None:
+            paths = module.folder_names_and_paths.setdefault(name, ([], set()))[0]
+            if path not in paths:
+                paths.insert(0, path) if is_default else paths.append(path)
+
+        def get_filename_list(name: str) -> list[str]:
+            folders, extensions = module.folder_names_and_paths[name]
+            return sorted(str(p.relative_to(folder)) for folder in map(Path, folders) if folder.is_dir()
+                          for p in folder.rglob("*") if p.suffix in extensions)
+
+        module.add_model_folder_path = add_model_folder_path
+        module.get_folder_paths = lambda name: list(module.folder_names_and_paths[name][0])
+        module.get_filename_list = get_filename_list
+        return module
+
+    def _model_management(self) -> types.ModuleType:
+        import torch
+
+        module = types.ModuleType("comfy.model_management")
+
+        class InterruptProcessingException(Exception):
+            pass
+
+        def record(name, result=None):
+            return lambda *args, **kwargs: (self.calls.append(name), result)[1]
+
+        def interrupt_current_processing(value: bool = True) -> None:
+            self.interrupt = value
+
+        module.InterruptProcessingException = InterruptProcessingException
+        module.get_torch_device = lambda: torch.device(self.device)
+        module.unet_offload_device = lambda: torch.device(self.device if self.high_vram else "cpu")
+        module.unet_dtype = lambda device=None, supported_dtypes=(): torch.float32
+        module.unload_all_models = record("unload_all_models")
+        module.soft_empty_cache = record("soft_empty_cache")
+        module.processing_interrupted = lambda: self.interrupt
+        module.interrupt_current_processing = interrupt_current_processing
+        return module
+
+    def _utils(self) -> types.ModuleType:
+        module = types.ModuleType("comfy.utils")
+        fake = self
+
+        class ProgressBar:
+            def __init__(self, total: int) -> None:
+                self.total, self.current = total, 0
+                fake.bar_totals.append(total)
+
+            def update_absolute(self, value: int, total: int | None = None) -> None:
+                self.current, self.total = value, total or self.total
+                fake.ticks += 1
+                if fake.interrupt_after is not None and fake.ticks >= fake.interrupt_after:
+                    fake.interrupt = True
+
+            def update(self, value: int) -> None:
+                self.update_absolute(self.current + value)
+
+        module.ProgressBar = ProgressBar
+        return module
+
+
+class FakePipeline:
+    """Stands in for PASDPipeline: records settings, makes `steps` progress calls, honours should_stop."""
+
+    def __init__(self, steps: int = 3, sizes: list[tuple[int, int]] | None = None) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.steps, self.sizes = steps, sizes
+        self.settings: list[dict] = []
+        self.events: list[str] = []
+
+    def to(self, device):
+        self.events.append(f"to {device}")
+        return self
+
+    def offload(self) -> None:
+        self.events.append("offload")
+
+    def count_steps(self, width: int, height: int, settings: dict) -> int:
+        return self.steps
+
+    def upscale(self, image, settings, *, on_step=None, should_stop=None):
+        self.settings.append(dict(settings))
+        for _ in range(self.steps):
+            if should_stop is not None and should_stop():
+                raise pack_module("pasd_core.errors").Interrupted("stopped")
+            on_step()
+        size = self.sizes[len(self.settings) - 1] if self.sizes else (image.width * settings["scale"],
+                                                                      image.height * settings["scale"])
+        return image.resize(size)
+
+
+# --- workflows ----------------------------------------------------------------------------------
+
+def ui_workflows() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
+
+
+def api_workflows() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(API_WORKFLOWS.glob("*.json"))}
+
+
+def declarations() -> dict[str, dict[str, Any]]:
+    """INPUT_TYPES and outputs of every node the workflows may use: this pack's and the core ones above."""
+    pack = load_pack()
+    ours = {name: {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
+                   "display_name": pack.NODE_DISPLAY_NAME_MAPPINGS[name]}
+            for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+    return {**CORE_NODES, **ours}
+
+
+def input_type(spec: tuple) -> str:
+    return "COMBO" if isinstance(spec[0], (list, tuple)) else spec[0]
+
+
+def widget_slots(declaration: dict[str, Any]) -> list[str | None]:
+    """Names of the node's widgets in the order the front end stores `widgets_values`.
+
+    None marks a value that belongs to no input: the "control after generate" setting after a seed,
+    the upload button after LoadImage's image.
+    """
+    slots: list[str | None] = []
+    inputs = declaration["input"]
+    for section in ("required", "optional"):
+        for name, spec in inputs.get(section, {}).items():
+            if input_type(spec) not in WIDGET_TYPES:
+                continue
+            options = spec[1] if len(spec) > 1 else {}
+            slots.append(name)
+            if options.get("control_after_generate") or options.get("image_upload"):
+                slots.append(None)
+    return slots
+
+
+def ui_to_api(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The API-format prompt (what POST /prompt takes) for a UI-format workflow, as the front end builds it."""
+    nodes = declarations() if nodes is None else nodes
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, Any] = {}
+    for node in sorted(workflow["nodes"], key=lambda n: n["id"]):
+        if node.get("mode", 0) != 0:
+            continue
+        values = node.get("widgets_values", [])
+        slots = widget_slots(nodes[node["type"]])
+        if len(values) != len(slots):
+            raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget values for "
+                             f"{len(slots)} widgets {slots}")
+        inputs: dict[str, Any] = {name: value for name, value in zip(slots, values, strict=True) if name is not None}
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _id, origin, origin_slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(origin), origin_slot]
+        title = node.get("title") or nodes[node["type"]]["display_name"]  # the front end's default title
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
+    return prompt
+
+
+def write_api_copies(convert: Callable[[dict[str, Any]], dict[str, Any]] = ui_to_api) -> None:
+    API_WORKFLOWS.mkdir(exist_ok=True)
+    for name, workflow in ui_workflows().items():
+        (API_WORKFLOWS / f"{name}.json").write_text(json.dumps(convert(workflow), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PASD_MODELS_DIR", str(REPO / "models"))
+    write_api_copies()
+    print(f"wrote {len(ui_workflows())} API workflows to {API_WORKFLOWS}")

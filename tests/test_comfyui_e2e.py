@@ -1,0 +1,262 @@
+"""End to end in a real ComfyUI: the pack loads, every shipped workflow runs through POST /prompt, local
+results equal the engine's own (and the official output), the fal workflow runs against the stub, and
+the cancel button interrupts a run between steps.
+
+Enable with COMFYUI_DIR=<a ComfyUI checkout> and COMFYUI_PYTHON=<its interpreter, with this pack's
+requirements installed> (default: this interpreter); see the README's "End-to-end tests" section.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfy_fixtures import (
+    CHECKPOINTS,
+    CORE_NODES,
+    FIXTURES,
+    REPO,
+    api_workflows,
+    load_pack,
+    make_models_dir,
+    pack_module,
+    ui_workflows,
+    widget_slots,
+)
+from comfyui_server import Chromium, ComfyUIServer, frontend_prompts, interrupted_message, run_engine_directly
+from fal_stub import FalStub
+from PIL import Image
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not COMFYUI_DIR, reason="end-to-end tests need a ComfyUI: set COMFYUI_DIR=/path/to/ComfyUI "
+                                               "and COMFYUI_PYTHON=/path/to/its/python (README: End-to-end tests)"),
+]
+
+pack = load_pack()
+table = pack_module("pasd_core.params")
+CASE_B = json.loads((FIXTURES / "cases" / "B_tiled_x2" / "case.json").read_text())["params"]
+SD15 = str(CHECKPOINTS / "stable-diffusion-v1-5")
+PASD = str(CHECKPOINTS / "pasd" / "checkpoint-100000")
+PASD_LIGHT = str(CHECKPOINTS / "pasd_light" / "checkpoint-120000")
+FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
+FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """ComfyUI's base directory: the pack as a custom node, the tiny models, two input pictures."""
+    base = tmp_path_factory.mktemp("comfyui")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(REPO, target_is_directory=True)
+    models = make_models_dir(base / "models")
+    (models / "pasd" / "pasd_light").unlink()  # served from the extra_model_paths.yaml folder instead
+    (base / "shared" / "pasd").mkdir(parents=True)
+    (base / "shared" / "pasd" / "pasd_light").symlink_to(CHECKPOINTS / "pasd_light", target_is_directory=True)
+    (base / "extra_model_paths.yaml").write_text(f"e2e:\n    base_path: {base / 'shared'}\n    pasd: pasd\n")
+    from tiny_checkpoints import tiny_sd_modules, write_original_sd_file  # the lead's tiny SD1.5 single files
+
+    write_original_sd_file(models / "checkpoints" / "toonyou_beta6.safetensors", *tiny_sd_modules(seed=100))
+    (base / "input").mkdir()
+    picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
+    picture.save(base / "input" / "example.png")
+    picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(base / "input" / "example2.png")
+    return base
+
+
+@pytest.fixture(scope="module")
+def fal_stub():
+    with FalStub(key=FAL_KEY) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def comfyui(base, fal_stub):
+    env = {"FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal_stub.url, "PYTHONUNBUFFERED": "1"}
+    with ComfyUIServer(Path(COMFYUI_DIR), COMFYUI_PYTHON, base, extra_model_paths=base / "extra_model_paths.yaml",
+                       env=env) as server:
+        yield server
+
+
+def workflow(name: str, **settings) -> dict:
+    """An API workflow as shipped, with `settings` applied to every PASD upscale node."""
+    prompt = copy.deepcopy(api_workflows()[name])
+    for node in prompt.values():
+        if node["class_type"] in ("PASDUpscale", "PASDUpscaleFal"):
+            node["inputs"].update(settings)
+    return prompt
+
+
+def node_id(prompt: dict, class_type: str, title_part: str = "") -> str:
+    return next(k for k, n in prompt.items() if n["class_type"] == class_type and title_part in n["_meta"]["title"])
+
+
+def pixels(png: bytes | Path) -> np.ndarray:
+    source = io.BytesIO(png) if isinstance(png, bytes) else png
+    return np.asarray(Image.open(source).convert("RGB"))
+
+
+def engine_outputs(tmp_path: Path, inputs: list[Path], stages: list[dict]) -> list[np.ndarray]:
+    """PASDPipeline run directly in ComfyUI's interpreter on the same files and settings."""
+    outputs = [tmp_path / f"direct_{i}.png" for i in range(len(inputs))]
+    run_engine_directly(COMFYUI_PYTHON, REPO, {"inputs": [str(p) for p in inputs], "stages": stages,
+                                               "outputs": [str(p) for p in outputs]})
+    return [pixels(p) for p in outputs]
+
+
+def upscale_settings(prompt: dict, node: str) -> dict:
+    return {k: v for k, v in prompt[node]["inputs"].items() if k in table.BY_NAME}
+
+
+# --- the pack inside ComfyUI -----------------------------------------------------------------------
+
+def test_pack_loads_with_its_nodes_and_models(comfyui):
+    assert "ComfyUI-PASD" not in "\n".join(line for line in comfyui.log(500).splitlines() if "IMPORT FAILED" in line)
+    for node_type, cls in pack.NODE_CLASS_MAPPINGS.items():
+        info = comfyui.object_info(node_type)
+        assert info["category"] == "image/upscaling/PASD" and info["output"] == list(cls.RETURN_TYPES)
+        assert info["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[node_type]
+    loader = comfyui.object_info("PASDModelLoader")["input"]["required"]
+    # models/pasd is registered and the folder extra_model_paths.yaml gave "pasd" is kept
+    assert loader["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
+    assert loader["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "checkpoints/toonyou_beta6.safetensors"]
+    assert loader["style_model"][0] == ["none", "toonyou_beta6.safetensors"]
+
+
+def test_declarations_reach_the_frontend_as_declared(comfyui):
+    for node_type in ("PASDUpscale", "PASDUpscaleFal", "PASDColorFix"):
+        declared = json.loads(json.dumps(pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()))
+        assert comfyui.object_info(node_type)["input"]["required"] == declared["required"]
+    seed = comfyui.object_info("PASDUpscale")["input"]["required"]["seed"]
+    assert seed[1]["control_after_generate"] is True and seed[1]["max"] == 2**64 - 1
+
+
+def test_core_nodes_have_the_widgets_the_workflow_converter_assumes(comfyui):
+    for node_type, assumed in CORE_NODES.items():
+        info = comfyui.object_info(node_type)
+        assert widget_slots({"input": info["input"]}) == widget_slots(assumed)
+        assert (info["output"], info["display_name"]) == (assumed["output"], assumed["display_name"])
+
+
+def test_inputs_build_a_v3_schema_with_comfyuis_own_comfy_api():
+    script = """
+import json, sys
+sys.path[:0] = [sys.argv[1]]
+from comfy_api.latest import io
+import comfy_fixtures
+pack = comfy_fixtures.load_pack()
+inputs = comfy_fixtures.pack_module("nodes.inputs")
+out = {name: {i.name: [inputs.v3(i, io).get_io_type(), inputs.v3(i, io).as_dict()] for i in cls.inputs()}
+       for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+print(json.dumps(out))
+"""
+    done = subprocess.run([COMFYUI_PYTHON, "-c", script, str(REPO / "tests"), "--cpu"], cwd=COMFYUI_DIR,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    v3 = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        for input_name, (kind, options) in json.loads(json.dumps(cls.INPUT_TYPES()))["required"].items():
+            v3_type, v3_options = v3[name][input_name]
+            if isinstance(kind, list):
+                assert (v3_type, v3_options["options"]) == ("COMBO", kind)
+            else:
+                assert v3_type == kind
+            assert options.items() <= v3_options.items()
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="the front-end check needs Chromium: apt-get install chromium")
+def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path):
+    with Chromium(shutil.which("chromium"), tmp_path / "profile") as chromium:
+        loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, ui_workflows(),
+                                  str(tmp_path / "{name}.png"))
+    for name, api in api_workflows().items():
+        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(api)
+        assert loaded[name]["prompt"] == api, name
+
+
+# --- every workflow through POST /prompt -----------------------------------------------------------
+
+def test_x2_workflow_reproduces_the_official_output_and_the_engine(comfyui, base, tmp_path):
+    settings = {k: v for k, v in CASE_B.items() if k in table.BY_NAME}  # tiled x2, the official case B
+    prompt = workflow("pasd_upscale_x2", **settings)
+    entry = comfyui.run(prompt)
+    (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
+    result = pixels(png)
+    official = pixels(FIXTURES / "cases" / "B_tiled_x2" / "expected.png")
+    assert result.shape == (128, 128, 3)
+    assert np.abs(result.astype(int) - official.astype(int)).max() <= 1
+    stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
+    (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [stage])
+    assert np.array_equal(result, direct)
+
+
+def test_batch_workflow_gives_one_output_per_image_with_seed_plus_index(comfyui, base, tmp_path):
+    prompt = workflow("pasd_batch", seed=7, **FAST)
+    entry = comfyui.run(prompt)
+    results = [pixels(p) for p in comfyui.output_images(entry, node_id(prompt, "SaveImage"))]
+    assert len(results) == 2 and results[0].shape == (128, 128, 3)
+    stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
+    direct = engine_outputs(tmp_path, [base / "input" / "example.png", base / "input" / "example2.png"], [stage])
+    assert all(np.array_equal(r, d) for r, d in zip(results, direct, strict=True))
+
+
+def test_stylize_workflow_chains_super_resolution_and_personalized_stylization(comfyui, base, tmp_path):
+    prompt = workflow("pasd_upscale_then_stylize", **FAST)
+    entry = comfyui.run(prompt)
+    (super_resolved,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "super-resolved"))
+    (stylized,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "stylized"))
+    first, second = node_id(prompt, "PASDUpscale", "super-resolution"), node_id(prompt, "PASDUpscale", "stylization")
+    style = str(base / "models" / "checkpoints" / "toonyou_beta6.safetensors")
+    (direct_sr,) = engine_outputs(tmp_path, [base / "input" / "example.png"],
+                                  [{"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, first)}])
+    (direct_style,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [
+        {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, first)},
+        {"base": SD15, "pasd": PASD_LIGHT, "style_model": style, "settings": upscale_settings(prompt, second)}])
+    assert np.array_equal(pixels(super_resolved), direct_sr)
+    assert np.array_equal(pixels(stylized), direct_style) and pixels(stylized).shape == (128, 128, 3)
+
+
+def test_fal_workflow_runs_on_the_stub_with_the_key_from_the_environment(comfyui, base, fal_stub):
+    prompt = workflow("pasd_upscale_fal")
+    entry = comfyui.run(prompt)
+    (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
+    picture = Image.open(base / "input" / "example.png").convert("RGB")
+    assert np.array_equal(pixels(png), np.asarray(picture.resize((128, 128), Image.Resampling.NEAREST)))
+    (submit,) = fal_stub.calls("submit")
+    assert submit.headers["authorization"] == f"Key {FAL_KEY}"
+    assert {k: v for k, v in submit.json().items() if k != "image_url"} == table.defaults(table.REMOTE_PARAMS)
+
+
+# --- the cancel button ----------------------------------------------------------------------------
+
+def test_interrupt_stops_a_long_run_between_steps(comfyui):
+    comfyui.run(workflow("pasd_upscale_x2", **FAST))  # warm: the loader's output is cached for the next prompt
+    started = comfyui.log(10_000).count("PASD: upscaling")
+    prompt = workflow("pasd_upscale_x2", steps=50, process_size=512, seed=1)  # about a minute on 2 CPU cores
+    prompt_id = comfyui.queue(prompt)["prompt_id"]
+    deadline = time.monotonic() + 120
+    while comfyui.log(10_000).count("PASD: upscaling") == started:  # the sampler has started
+        assert time.monotonic() < deadline, comfyui.log()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    asked = time.monotonic()
+    comfyui.interrupt(prompt_id)
+    entry = comfyui.wait(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - asked
+    message = interrupted_message(entry)
+    assert message is not None, entry["status"]
+    assert message["node_type"] == "PASDUpscale" and message["node_id"] == node_id(prompt, "PASDUpscale")
+    assert stopped_after < 15, f"the run went on for {stopped_after:.1f} s after the interrupt"
+    assert comfyui.run(workflow("pasd_upscale_x2", **FAST))["status"]["status_str"] == "success"  # flag consumed

@@ -1,0 +1,153 @@
+"""The shipped workflows: valid UI-format JSON that ComfyUI loads as is, in step with the node declarations,
+with API-format copies that say the same, and no secrets inside."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from comfy_fixtures import (
+    API_WORKFLOWS,
+    CORE_NODES,
+    WORKFLOWS,
+    api_workflows,
+    declarations,
+    input_type,
+    load_pack,
+    pack_module,
+    ui_to_api,
+    ui_workflows,
+    widget_slots,
+)
+
+pack = load_pack()
+table = pack_module("pasd_core.params")
+
+EXPECTED = {"pasd_upscale_x2", "pasd_upscale_fal", "pasd_upscale_then_stylize", "pasd_batch"}
+SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
+# A fal key is "<uuid>:<32 hex>"; any long unbroken token, or a key-ish field name, is suspicious too.
+KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}", re.I),
+            re.compile(r"[A-Za-z0-9+/_=-]{40,}"),
+            re.compile(r"fal_key|api_key|FAL_KEY|Authorization|Bearer |Key [A-Za-z0-9]", re.I))
+
+WORKFLOW_NAMES = sorted(EXPECTED)
+
+
+def nodes_of(workflow: dict, node_type: str) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def widgets(node: dict) -> dict:
+    """A UI node's widget values by input name."""
+    slots = widget_slots(declarations()[node["type"]])
+    return {name: value for name, value in zip(slots, node["widgets_values"], strict=True) if name is not None}
+
+
+def source_of(workflow: dict, node: dict, input_name: str) -> dict:
+    link_id = next(i["link"] for i in node["inputs"] if i["name"] == input_name)
+    origin = next(link[1] for link in workflow["links"] if link[0] == link_id)
+    return next(n for n in workflow["nodes"] if n["id"] == origin)
+
+
+def test_the_four_workflows_and_their_api_copies_are_shipped():
+    assert set(ui_workflows()) == EXPECTED
+    assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == EXPECTED
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
+    known = declarations()
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES
+        assert node["mode"] == 0 and node["properties"]["Node name for S&R"] == node["type"]
+    for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        output = by_id[origin]["outputs"][origin_slot]
+        socket = by_id[target]["inputs"][target_slot]
+        assert link_id in output["links"] and socket["link"] == link_id
+        assert output["type"] == socket["type"] == link_type
+        assert link_type == known[by_id[origin]["type"]]["output"][origin_slot]
+        assert input_type(known[by_id[target]["type"]]["input"]["required"][socket["name"]]) == link_type
+    for node in workflow["nodes"]:  # every required socket is connected
+        required = known[node["type"]]["input"]["required"]
+        sockets = {n for n, spec in required.items() if input_type(spec) not in ("INT", "FLOAT", "STRING", "COMBO")}
+        assert sockets == {i["name"] for i in node["inputs"] if i["link"] is not None}
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_widget_values_fit_the_declarations(name):
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] not in pack.NODE_CLASS_MAPPINGS:
+            continue
+        declared = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()["required"]
+        values = widgets(node)
+        table_values = {k: v for k, v in values.items() if k in table.BY_NAME}
+        assert table.validate(table_values, [table.BY_NAME[k] for k in table_values]) == table_values
+        for key, value in values.items():
+            kind, options = declared[key]
+            if isinstance(kind, list) and key in table.BY_NAME:
+                assert value in kind
+            elif isinstance(kind, list):  # a model file: whatever the user has, but a plausible name
+                assert isinstance(value, str) and value and not value.startswith("/")
+            else:
+                assert type(value) is {"INT": int, "FLOAT": float, "STRING": str}[kind]
+        if "seed" in declared:
+            slots = widget_slots(declarations()[node["type"]])
+            assert node["widgets_values"][slots.index("seed") + 1] in SEED_CONTROLS
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_api_copy_says_what_the_ui_workflow_says(name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = api_workflows()[name]
+    assert ui_to_api(ui) == api
+    assert {n["type"] for n in ui["nodes"]} == {n["class_type"] for n in api.values()}
+    for node in ui["nodes"]:  # spelled out: each widget value sits under its input name
+        assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node)} == widgets(node)
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_key_like_strings(path):
+    text = path.read_text()
+    for pattern in KEY_LIKE:
+        assert not pattern.search(text), f"{path.name}: {pattern.pattern} matches {pattern.search(text).group()!r}"
+
+
+def test_x2_workflow_upscales_by_two_on_the_local_model():
+    workflow = ui_workflows()["pasd_upscale_x2"]
+    (upscale,) = nodes_of(workflow, "PASDUpscale")
+    assert widgets(upscale)["scale"] == 2
+    assert source_of(workflow, upscale, "image")["type"] == "LoadImage"
+    assert widgets(source_of(workflow, upscale, "pasd_model"))["pasd_model"] == "pasd/checkpoint-100000"
+    assert nodes_of(workflow, "SaveImage")
+
+
+def test_fal_workflow_runs_the_remote_node_with_the_table_defaults():
+    workflow = ui_workflows()["pasd_upscale_fal"]
+    (upscale,) = nodes_of(workflow, "PASDUpscaleFal")
+    assert widgets(upscale) == table.defaults(table.REMOTE_PARAMS)
+    assert not nodes_of(workflow, "PASDModelLoader")
+
+
+def test_stylize_workflow_chains_super_resolution_into_personalized_stylization():
+    workflow = ui_workflows()["pasd_upscale_then_stylize"]
+    upscales = nodes_of(workflow, "PASDUpscale")
+    stylize = next(n for n in upscales if source_of(workflow, n, "image")["type"] == "PASDUpscale")
+    assert (widgets(stylize)["scale"], widgets(stylize)["conditioning_scale"]) == (1, 0.7)
+    loader = widgets(source_of(workflow, stylize, "pasd_model"))
+    assert loader["pasd_model"].startswith("pasd_light/") and loader["style_model"] != "none"
+    first = source_of(workflow, stylize, "image")
+    assert widgets(first)["scale"] == 2 and widgets(source_of(workflow, first, "pasd_model"))["style_model"] == "none"
+
+
+def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
+    workflow = ui_workflows()["pasd_batch"]
+    (upscale,) = nodes_of(workflow, "PASDUpscale")
+    batch = source_of(workflow, upscale, "image")
+    assert batch["type"] == "ImageBatch"
+    assert {source_of(workflow, batch, s)["type"] for s in ("image1", "image2")} == {"LoadImage"}
