@@ -113,9 +113,8 @@ class FalQueueClient:
         cost = estimated_cost_usd((im.size for im in images), settings["scale"])
         summary = (f"{count} image(s), {cost / PRICE_PER_MEGAPIXEL_USD:.2f} output megapixels, about ${cost:.2f} "
                    f"(${PRICE_PER_MEGAPIXEL_USD:.2f} per megapixel)")
-        logger.info("%s: %s", ENDPOINT, summary)
-        if on_log is not None:
-            on_log(f"{ENDPOINT}: {summary}")
+        # one place for the estimate: the caller's log sink when there is one, else this module's logger
+        (on_log or (lambda line: logger.info("%s", line)))(f"{ENDPOINT}: {summary}")
         stop, events = threading.Event(), queue.Queue()
         arguments = fal_arguments(settings)
         results: list[Image.Image | None] = [None] * count
