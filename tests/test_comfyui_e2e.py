@@ -200,6 +200,13 @@ def test_x2_workflow_reproduces_the_official_output_and_the_engine(comfyui, base
     stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
     (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [stage])
     assert np.array_equal(result, direct)
+    # and the CLI, in the same interpreter, on the same file and settings
+    cli_output = tmp_path / "cli.png"
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in stage["settings"].items()]
+    subprocess.run([COMFYUI_PYTHON, "-m", "pasd_core", "upscale", str(base / "input" / "example.png"), "-o",
+                    str(cli_output), "--base-model", SD15, "--pasd-model", PASD, "--device", "cpu", *flags],
+                   cwd=REPO, check=True, capture_output=True, timeout=600)
+    assert np.array_equal(result, pixels(cli_output))
 
 
 def test_batch_workflow_gives_one_output_per_image_with_seed_plus_index(comfyui, base, tmp_path):
