@@ -17,29 +17,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-import PIL
-import requests
+from common import add_project_to_path, machine_header
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+add_project_to_path()
 
 from fal_stub import FalStub, Job, wait_until  # noqa: E402
 
 from pasd_core.fal import FalQueueClient, RetryPolicy, png_bytes  # noqa: E402
 
 KEY = "bench-key"
-
-
-def machine() -> str:
-    return (f"{platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-            f"Python {platform.python_version()} | requests {requests.__version__} | Pillow {PIL.__version__}")
 
 
 def noise(size: int) -> Image.Image:
@@ -101,7 +91,7 @@ def main() -> None:
     parser.add_argument("--run-seconds", type=float, default=0.5)
     parser.add_argument("--poll", type=float, default=0.05)
     args = parser.parse_args()
-    print(f"fal client benchmark against the local stub\n{machine()}")
+    print(machine_header("fal client benchmark against the local stub", ("requests", "Pillow")))
     overhead(args.sizes, args.repeats)
     concurrency(args.batch, args.run_seconds, args.poll)
 

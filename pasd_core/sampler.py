@@ -121,9 +121,12 @@ class PASDSampler:
         tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
         # the control image never changes during sampling: embed it once per tile, not once per step.
         # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
-        # CPU convolutions round differently for different batch sizes.
-        batch_control = torch.cat([control] * 2) if guided else control
-        embeddings = [controlnet.embed_condition(self._crop(batch_control, tile, LATENT_FACTOR)) for tile in tiles]
+        # CPU convolutions round differently for different batch sizes. Paired tile by tile, so no
+        # image-sized copy of the control image is held while sampling.
+        embeddings = []
+        for tile in tiles:
+            crop = self._crop(control, tile, LATENT_FACTOR)
+            embeddings.append(controlnet.embed_condition(torch.cat([crop] * 2) if guided else crop))
         weights = None
         if tiles[0].size:
             # official blend: float64 weights times float32 predictions (float32 on MPS, which has no float64)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from pasd_core import memory, pipeline as pipeline_module
+from pasd_core import memory
+from pasd_core import pipeline as pipeline_module
 from pasd_core.sampler import OFFICIAL_VAE_TILES
 
 
