@@ -36,7 +36,7 @@ FLOAT_RGB = 12  # bytes per pixel of one float32 RGB copy of the output
 
 
 class PeakMemory:
-    """Linux resident-set peaks: read VmHWM, reset it through /proc/self/clear_refs between phases."""
+    """Peak resident memory and CPU time per phase (Linux: VmHWM, reset through /proc/self/clear_refs)."""
 
     def __init__(self) -> None:
         try:  # glibc keeps freed memory for reuse; trimming it at each mark charges each phase its own memory
