@@ -87,10 +87,6 @@ class PASDPipeline:
             module.to("cpu")
         memory.release(self.models.device)
 
-    def onload(self) -> None:
-        for module in self._modules():
-            module.to(self.models.device)
-
     def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""
         return self._sampler.count_steps(width, height, validate(settings, SAMPLER_PARAMS))
