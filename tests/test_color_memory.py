@@ -1,4 +1,9 @@
-"""The memory-lean colour fix gives the same bits as the original whole-image algorithm, with far less memory."""
+"""The memory-lean colour fix gives the whole-image algorithm's result, within float rounding, with far less memory.
+
+It computes the same sums on bands of rows, channel by channel; a CPU may round a band's convolution
+differently from the whole image's (by up to 1.8e-7 seen on a Xeon with AVX-512), so results are compared
+within a few ulps, not bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -70,12 +75,16 @@ def frozen_color_fix(target: Image.Image, reference: Image.Image, method: str) -
     return Image.fromarray((fixed[0].permute(1, 2, 0) * 255).to(torch.uint8).cpu().numpy())
 
 
-# --- equality -------------------------------------------------------------------------------------------
+# --- equality within rounding --------------------------------------------------------------------------
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal values, and equal signs of zero too."""
-    a, b = a.contiguous(), b.contiguous()
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32))
+# Values lie in [0, 1]; five blur levels each round a 9-term sum and an add: a few ulps at 1.0 at most.
+# 1e-6 is 8 float32 ulps at 1.0 (5x the largest difference seen across CPUs); 2e-15 is 8 float64 ulps.
+ROUNDING = {torch.float32: 1e-6, torch.float64: 2e-15}
+
+
+def same_within_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and dtype, and values equal up to the summation-order rounding above."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool((a - b).abs().max() <= ROUNDING[a.dtype])
 
 
 SIZES = [(64, 64), (37, 53), (300, 17), (129, 250)]
@@ -96,39 +105,41 @@ def random_images(size: tuple[int, int], batch: int = 1, seed: int = 0) -> tuple
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("method", ["wavelet", "adain"])
-def test_tensor_colour_fix_has_the_same_bits_as_before(size, method, bands):
+def test_tensor_colour_fix_matches_before(size, method, bands):
     target, small_reference = random_images(size, batch=2)
     for reference in (small_reference, torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(5))):
-        assert same_bits(color.color_fix_tensor(target, reference, method),
-                         frozen_color_fix_tensor(target, reference, method))
+        assert same_within_rounding(color.color_fix_tensor(target, reference, method),
+                                    frozen_color_fix_tensor(target, reference, method))
 
 
-def test_channels_last_views_and_other_dtypes_give_the_same_bits_as_before(bands):
+def test_channels_last_views_and_other_dtypes_match_before(bands):
     """The ComfyUI node hands [B, H, W, C] images permuted to [B, C, H, W] views; other callers may use float64."""
     target, reference = random_images((45, 70), batch=2, seed=3)
     for make in (lambda x: x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), lambda x: x.double()):
         for method in ("wavelet", "adain"):
-            assert same_bits(color.color_fix_tensor(make(target), make(reference), method),
-                             frozen_color_fix_tensor(make(target), make(reference), method))
+            assert same_within_rounding(color.color_fix_tensor(make(target), make(reference), method),
+                                        frozen_color_fix_tensor(make(target), make(reference), method))
 
 
-def test_wavelet_function_has_the_same_bits_as_before_and_leaves_its_inputs_alone(bands):
+def test_wavelet_function_matches_before_and_leaves_its_inputs_alone(bands):
     target, _ = random_images((90, 61), seed=7)
     reference = torch.rand(target.shape, generator=torch.Generator().manual_seed(8))
     kept = target.clone(), reference.clone()
-    assert same_bits(color.wavelet_color_fix(target, reference), frozen_wavelet(target, reference))
-    assert same_bits(target, kept[0]) and same_bits(reference, kept[1])
+    assert same_within_rounding(color.wavelet_color_fix(target, reference), frozen_wavelet(target, reference))
+    assert torch.equal(target, kept[0]) and torch.equal(reference, kept[1])  # untouched: bit-equal in-process
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("method", ["wavelet", "adain", "none"])
-def test_pil_colour_fix_has_the_same_pixels_as_before(size, method, bands):
+def test_pil_colour_fix_matches_before_within_one_level(size, method, bands):
     rng = np.random.default_rng(sum(size))
     target = Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
     for reference_size in (size, (size[0] // 4 + 1, size[1] // 4 + 1)):
         reference = Image.fromarray(rng.integers(0, 256, (*reference_size, 3), dtype=np.uint8))
         fixed, expected = color.color_fix(target, reference, method), frozen_color_fix(target, reference, method)
-        assert fixed.mode == expected.mode and np.array_equal(np.asarray(fixed), np.asarray(expected))
+        # truncation to uint8 turns a rounding difference at an integer boundary into one level, never more
+        difference = np.abs(np.asarray(fixed, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+        assert fixed.mode == expected.mode and difference.max(initial=0) <= 1
 
 
 # --- memory ---------------------------------------------------------------------------------------------

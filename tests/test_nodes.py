@@ -307,7 +307,9 @@ def test_color_fix_node_matches_the_engine_and_broadcasts_one_reference():
         (fixed,) = local.PASDColorFix().fix(image, reference, method)
         references = reference.expand(2, -1, -1, -1).permute(0, 3, 1, 2)
         expected = color.color_fix_tensor(image.permute(0, 3, 1, 2), references, method).permute(0, 2, 3, 1)
-        assert fixed.shape == image.shape and torch.equal(fixed, expected)
+        # the node hands the engine channels-last views: another memory layout may round a sum differently
+        assert fixed.shape == image.shape
+        torch.testing.assert_close(fixed, expected, rtol=0, atol=1e-6)
     assert local.PASDColorFix.INPUT_TYPES()["required"]["method"][0] == ["wavelet", "adain"]
     with pytest.raises(table.ParamError, match="method"):
         local.PASDColorFix().fix(image, reference, "none")

@@ -13,6 +13,14 @@ from pasd_core.__main__ import main as cli_main
 
 TOLERANCE = 1  # levels of 255, at every pixel (the project's parity standard)
 
+# Max |ours - official| allowed per intermediate, in the tensors' own units. Another CPU rounds each sum
+# differently by about one ulp and 20 steps amplify that, so bit-equality cannot hold across machines.
+# Measured with bench/bench_parity_drift.py (worst of: this machine, one thread, one-ulp noise on every
+# UNet and ControlNet output): init_latents 2.4e-7, final_latents_scaled 5.7e-4 (values up to ~160, so
+# about 4e-6 relative), decoded 4.0e-6; a Xeon with AVX-512 drifted 2.3e-4 on the final latents. Each
+# tolerance is about 4x the worst measured; the decoded one is still 2000x finer than the 1/255 image standard.
+INTERMEDIATE_TOLERANCES = {"init_latents": 1e-6, "final_latents_scaled": 2e-3, "decoded": 2e-5}
+
 
 def _max_difference(result: Image.Image, expected_path) -> int:
     expected = np.asarray(Image.open(expected_path).convert("RGB"), dtype=np.int16)
@@ -45,7 +53,8 @@ def test_cli_matches_official_output(case, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", CASES)
 def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
-    """Control image, start latents, final latents and decoded image, so a drift is located, not just seen."""
+    """Control image and timesteps exactly; start latents, final latents and decoded image within the measured
+    rounding drift (INTERMEDIATE_TOLERANCES), so a real drift is located, not just seen."""
     data = case_data(case)
     pipeline = tiny_pipeline(data["variant"])
     seen = {}
@@ -69,6 +78,7 @@ def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
     pipeline.upscale(image, data["settings"])
     timesteps = pipeline.models.scheduler.timesteps.cpu().numpy()
     np.testing.assert_array_equal(timesteps, np.load(data["dir"] / "timesteps.npy").astype(timesteps.dtype))
+    assert set(seen) == set(INTERMEDIATE_TOLERANCES)
     for name, tensor in seen.items():
-        np.testing.assert_allclose(tensor.numpy(), np.load(data["dir"] / f"{name}.npy"), rtol=0, atol=1e-4,
-                                   err_msg=name)
+        np.testing.assert_allclose(tensor.numpy(), np.load(data["dir"] / f"{name}.npy"), rtol=0,
+                                   atol=INTERMEDIATE_TOLERANCES[name], err_msg=name)
