@@ -1,10 +1,11 @@
-"""The PASD inference algorithm, step by step as the official test_pasd.py runs it.
+"""The PASD inference algorithm, step by step as the official test_pasd.py and test_pasd_sdxl.py run it.
 
 Facts it honours (tests/fixtures/pasd_official_tiny/README.md): resize rules, prompt join, one
-generator with the draw order posterior → n1 → n2, UniPC, the adjustable-noise step, CFG with the
-pair in one batch, latent tiles blended with the official Gaussian weights, decode, colour fix,
-final resize. Work the official code repeats for nothing is done once: text embeddings per run,
-the ControlNet condition embedding per image (per tile when tiled).
+generator seeded once, CFG with the pair in one batch, latent tiles blended with the official
+Gaussian weights, decode, colour fix, final resize. What differs between SD1.5 and SDXL (text
+conditioning, start latents) lives in the model family object (family.py); the scheduler and VAE
+come with the loaded models. Work the official code repeats for nothing is done once: text
+embeddings per run, the ControlNet condition embedding per image (per tile when tiled).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 from .color import color_fix
 from .errors import Interrupted
+from .family import FAMILIES, SD15, TextConditioning
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
@@ -53,6 +55,9 @@ class SamplerModels:
     device: torch.device
     dtype: torch.dtype
     vae_tiles: tuple[int, int] = OFFICIAL_VAE_TILES  # (encode, decode) tile sides in pixels
+    family: Any = FAMILIES[SD15]  # family.SD15Family or family.SDXLFamily
+    tokenizer_2: Any = None  # SDXL's second text encoder
+    text_encoder_2: Any = None
 
 
 StepCallback = Callable[[], None]
@@ -63,50 +68,24 @@ class PASDSampler:
     def __init__(self, models: SamplerModels) -> None:
         self.m = models
 
-    # -- prompts ---------------------------------------------------------------------------------
-    def _embed_text(self, text: str) -> torch.Tensor:
-        tokenizer = self.m.tokenizer
-        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(self.m.device)
-        return self.m.text_encoder(ids)[0].to(self.m.dtype)
-
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool) -> torch.Tensor:
-        """[negative, positive] embeddings when guided, else the positive alone."""
-        positive = self._embed_text(prompt)
-        return torch.cat([self._embed_text(negative_prompt), positive]) if guided else positive
-
     # -- latents ---------------------------------------------------------------------------------
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.m.device, self.m.dtype)
 
-    @torch.no_grad()
-    def initial_latents(self, control: torch.Tensor, generator: torch.Generator, noise_level: int,
-                        noise_mode: str) -> torch.Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        scheduler, vae = self.m.scheduler, self.m.vae
+    def initial_latents(self, control: torch.Tensor, generator: torch.Generator, settings: dict) -> torch.Tensor:
+        """The latents the first denoising step starts from (the family's rule)."""
         self._tile_vae(self.m.vae_tiles[0])
-        latents = vae.encode(control * 2.0 - 1.0).latent_dist.sample(generator) * vae.config.scaling_factor
-        n1 = randn_tensor(latents.shape, generator=generator, device=self.m.device, dtype=self.m.dtype)
-        latents = scheduler.add_noise(latents, n1, scheduler.timesteps[:1])
-        n2 = randn_tensor(latents.shape, generator=generator, device=self.m.device, dtype=self.m.dtype)
-        if noise_mode == "exact":  # the paper's intent: noise at timestep noise_level itself
-            alpha_bar = scheduler.alphas_cumprod[noise_level].to(latents.device, torch.float32)
-            latents = (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * n2).to(self.m.dtype)
-        else:  # today's official code: UniPC looks 900 up in the schedule, misses, uses the last entry
-            level = torch.tensor([noise_level], dtype=torch.long, device=self.m.device)
-            latents = scheduler.add_noise(latents, n2, level)
-        return latents * scheduler.init_noise_sigma
+        return self.m.family.start_latents(self.m, control, generator, settings)
 
     # -- denoising -------------------------------------------------------------------------------
-    def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, embedding: torch.Tensor,
+    def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: TextConditioning, embedding: torch.Tensor,
                  conditioning_scale: float) -> torch.Tensor:
-        down, mid = self.m.controlnet(latents, t, encoder_hidden_states=text, condition_embedding=embedding,
-                                      conditioning_scale=conditioning_scale, return_dict=False)
-        return self.m.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                           mid_block_additional_residual=mid, return_dict=False)[0]
+        conditioning = text.model_kwargs()
+        down, mid = self.m.controlnet(latents, t, condition_embedding=embedding, conditioning_scale=conditioning_scale,
+                                      return_dict=False, **conditioning)
+        return self.m.unet(latents, t, down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                           return_dict=False, **conditioning)[0]
 
     def tiles_for(self, latent_height: int, latent_width: int, tile_size: int, overlap: int) -> list[LatentTile]:
         if not needs_tiling(latent_height, latent_width, tile_size):
@@ -114,9 +93,9 @@ class PASDSampler:
         return latent_tiles(latent_height, latent_width, tile_size, overlap)
 
     @torch.no_grad()
-    def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: torch.Tensor, settings: dict,
+    def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: TextConditioning, settings: dict,
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> torch.Tensor:
-        guided = text.shape[0] == 2
+        guided = text.guided
         controlnet, scheduler = self.m.controlnet, self.m.scheduler
         tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
         # the control image never changes during sampling: embed it once per tile, not once per step.
@@ -196,14 +175,13 @@ class PASDSampler:
             should_stop: StopCheck | None = None) -> Image.Image:
         control_image = control_image_for(image, settings["scale"], settings["process_size"])
         guided = settings["guidance_scale"] > 1.0
-        text = self.encode_prompt(join_prompt(settings["prompt"], settings["added_prompt"]),
-                                  settings["negative_prompt"], guided)
+        text = self.m.family.encode_text(self.m, join_prompt(settings["prompt"], settings["added_prompt"]),
+                                         settings["negative_prompt"], guided, control_image.size)
         control = self._to_tensor(control_image)
         self.m.scheduler.set_timesteps(settings["steps"], device=self.m.device)
         generator = torch.Generator(device="cpu" if self.m.device.type == "mps" else self.m.device)
         generator.manual_seed(settings["seed"])
-        latents = self.initial_latents(control, generator, settings["added_noise_level"],
-                                       settings["added_noise_mode"])
+        latents = self.initial_latents(control, generator, settings)
         latents = self.denoise(latents, control, text, settings, on_step, should_stop)
         result = self.decode(latents)
         result = color_fix(result, control_image, settings["color_fix"])

@@ -1,0 +1,127 @@
+"""What differs between PASD-SD1.5 and PASD-SDXL in sampling: text conditioning and start latents.
+
+Everything else (resize rules, tiles and blend, CFG, condition embedding once per tile, colour fix,
+progress, interrupts, the out-of-memory retry) is the one loop in sampler.py. Facts from
+tests/fixtures/pasd_official_tiny/README.md (SD1.5) and ../shared/fixtures/pasd_sdxl_official_tiny/README.md
+(SDXL), both read off the official test_pasd.py / test_pasd_sdxl.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .sampler import SamplerModels
+
+SD15, SDXL = "sd15", "sdxl"
+
+
+@dataclass
+class TextConditioning:
+    """The text side of one run: hidden states ([negative, positive] when guided) and SDXL's added inputs."""
+
+    hidden_states: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # UNet/ControlNet `added_cond_kwargs`
+
+    @property
+    def guided(self) -> bool:
+        return self.hidden_states.shape[0] == 2
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"encoder_hidden_states": self.hidden_states}
+        if self.added:
+            kwargs["added_cond_kwargs"] = self.added
+        return kwargs
+
+
+def _token_ids(tokenizer: Any, text: str, device: torch.device) -> torch.Tensor:
+    """Padded to the tokenizer's 77, truncated, no attention mask (as both official scripts)."""
+    return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def _pair(negative: torch.Tensor, positive: torch.Tensor, guided: bool) -> torch.Tensor:
+    return torch.cat([negative, positive]) if guided else positive
+
+
+class SD15Family:
+    """PASD on Stable Diffusion 1.5: one CLIP encoder, start latents from the noised VAE encoding."""
+
+    name = SD15
+
+    @torch.no_grad()
+    def encode_text(self, m: SamplerModels, prompt: str, negative_prompt: str, guided: bool,
+                    control_size: tuple[int, int]) -> TextConditioning:
+        def embed(text: str) -> torch.Tensor:
+            return m.text_encoder(_token_ids(m.tokenizer, text, m.device))[0].to(m.dtype)
+
+        positive = embed(prompt)
+        return TextConditioning(torch.cat([embed(negative_prompt), positive]) if guided else positive)
+
+    @torch.no_grad()
+    def start_latents(self, m: SamplerModels, control: torch.Tensor, generator: torch.Generator,
+                      settings: dict) -> torch.Tensor:
+        """Official draw order: VAE posterior sample, noise n1, noise n2 (all from one generator)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler, vae = m.scheduler, m.vae
+        latents = vae.encode(control * 2.0 - 1.0).latent_dist.sample(generator) * vae.config.scaling_factor
+        n1 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)
+        latents = scheduler.add_noise(latents, n1, scheduler.timesteps[:1])
+        n2 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)
+        level = settings["added_noise_level"]
+        if settings["added_noise_mode"] == "exact":  # the paper's intent: noise at timestep `level` itself
+            alpha_bar = scheduler.alphas_cumprod[level].to(latents.device, torch.float32)
+            latents = (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * n2).to(m.dtype)
+        else:  # today's official code: UniPC looks `level` up in the schedule, misses, uses the last entry
+            latents = scheduler.add_noise(latents, n2, torch.tensor([level], dtype=torch.long, device=m.device))
+        return latents * scheduler.init_noise_sigma
+
+
+class SDXLFamily:
+    """PASD on SDXL: two CLIP encoders (penultimate states + pooled), time ids, a pure-noise start."""
+
+    name = SDXL
+
+    @torch.no_grad()
+    def encode_text(self, m: SamplerModels, prompt: str, negative_prompt: str, guided: bool,
+                    control_size: tuple[int, int]) -> TextConditioning:
+        def embed(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+            states, pooled = [], None
+            for tokenizer, encoder in ((m.tokenizer, m.text_encoder), (m.tokenizer_2, m.text_encoder_2)):
+                output = encoder(_token_ids(tokenizer, text, m.device), output_hidden_states=True)
+                states.append(output.hidden_states[-2])
+                pooled = output[0]  # text_encoder_2's projected pooled output (the last encoder's wins)
+            return torch.cat(states, dim=-1).to(m.dtype), pooled.to(m.dtype)
+
+        positive, positive_pooled = embed(prompt)
+        # The negative prompt is encoded as given, even when empty: SDXL's zero embeddings apply only when no
+        # negative prompt is passed at all, which the official script never does.
+        negative, negative_pooled = embed(negative_prompt) if guided else (positive, positive_pooled)
+        height, width = control_size[1], control_size[0]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=m.dtype, device=m.device)
+        return TextConditioning(_pair(negative, positive, guided), {
+            "text_embeds": _pair(negative_pooled, positive_pooled, guided),
+            "time_ids": _pair(time_ids, time_ids, guided),
+        })
+
+    @torch.no_grad()
+    def start_latents(self, m: SamplerModels, control: torch.Tensor, generator: torch.Generator,
+                      settings: dict) -> torch.Tensor:
+        """Pure Gaussian noise at the control image's latent size; no VAE encoding, no added noise."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, m.unet.config.in_channels, control.shape[-2] // 8, control.shape[-1] // 8)
+        latents = randn_tensor(shape, generator=generator, device=m.device, dtype=m.dtype)
+        return latents * m.scheduler.init_noise_sigma
+
+
+FAMILIES = {SD15: SD15Family(), SDXL: SDXLFamily()}
+
+
+def family_of(unet_config: Any) -> str:
+    """SDXL UNets take pooled text and time ids as an added embedding ("text_time"); SD1.5 UNets take none."""
+    return SDXL if unet_config.get("addition_embed_type") == "text_time" else SD15
