@@ -11,13 +11,18 @@ URL this server also serves (a real PNG: the input resized by `scale`); `PUT ...
 Behaviour is chosen per test: `plan(index, image, body) -> Job` decides how each submitted request
 behaves (index = submit order), and `push(route, Reply(...))` queues canned answers that win over
 the normal ones, in order. Every request is recorded (method, path, query, headers, body).
+It can also misbehave on demand, as a broken or hostile server would: a Reply can trickle its
+headers or body a byte at a time, drop the connection without answering, or gzip its body; a Job
+can name its status/response/cancel URLs anywhere.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
+import socket
 import threading
 import time
 import uuid
@@ -45,6 +50,10 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # send the body one byte every `trickle` s (the headers too with trickle_headers)
+    trickle_headers: bool = False
+    drop: bool = False  # read the request, then close the connection without a word
+    gzip: bool = False  # send the body gzip-compressed (Content-Encoding: gzip)
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Job:
     status_delay: float = 0.0  # seconds before each status answer (a slow server)
     url_prefix: str = ""  # put status/response/cancel URLs under this path (served the same)
     run_seconds: float | None = None  # if set, also stay IN_PROGRESS until this long after submit
+    answer_urls: dict[str, str] = field(default_factory=dict)  # replace status_url etc. in the submit answer
+    submit_delay: float = 0.0  # seconds before the submit answer (the job exists already)
 
 
 @dataclass
@@ -174,7 +185,8 @@ class FalStub:
             return Reply(200, {"request_id": request_id})
         position = job.queue_positions[0] if job.queue_positions else 0
         return Reply(200, {"request_id": request_id, "response_url": base, "status_url": f"{base}/status",
-                           "cancel_url": f"{base}/cancel", "queue_position": position})
+                           "cancel_url": f"{base}/cancel", "queue_position": position, **job.answer_urls},
+                     delay=job.submit_delay)
 
     def _status(self, request_id: str, query: dict, _: bytes) -> Reply:
         request = self.requests.get(request_id)
@@ -290,21 +302,44 @@ class _Handler(BaseHTTPRequestHandler):
         reply = stub.answer(self.command, parts.path, parse_qs(parts.query), headers, body)
         if reply.delay:
             stub._closing.wait(reply.delay)
+        if reply.drop:
+            self.close_connection = True
+            return
         if isinstance(reply.body, (dict, list)):
             data, kind = json.dumps(reply.body).encode(), "application/json"
         else:
             data = reply.body if isinstance(reply.body, bytes) else str(reply.body or "").encode()
             kind = "text/plain"
-        self.send_response(reply.status)
-        headers_out = {"Content-Type": kind, **reply.headers, "Content-Length": str(len(data))}
-        for name, value in headers_out.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        headers_out = {"Content-Type": kind, **reply.headers}
+        if reply.gzip:
+            data = gzip.compress(data, compresslevel=9)
+            headers_out["Content-Encoding"] = "gzip"
+        headers_out["Content-Length"] = str(len(data))
+        head = f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers_out.items()) + "\r\n"
+        try:
+            if not reply.trickle:
+                self.wfile.write(head.encode() + data)
+                self.wfile.flush()
+            else:
+                slow = (head.encode() + data) if reply.trickle_headers else data
+                if not reply.trickle_headers:
+                    self.wfile.write(head.encode())
+                self._trickle(slow, reply.trickle, stub._closing)
+        except OSError:  # the client hung up first (it was cut short, or stopped): nothing to answer
+            self.close_connection = True
         with stub._lock:
             stub.service_seconds += time.perf_counter() - started
             stub.answered += 1
+
+    def _trickle(self, data: bytes, seconds: float, closing: threading.Event) -> None:
+        """Send `data` one byte every `seconds`, until done, the client hangs up, or the stub closes."""
+        self.close_connection = True
+        for index in range(len(data)):
+            self.wfile.write(data[index:index + 1])
+            self.wfile.flush()
+            if closing.wait(seconds):
+                break
 
     do_GET = do_POST = do_PUT = _serve
 
@@ -320,3 +355,19 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return condition()
+
+
+# -- helpers for the tests that drive the client against this stub -------------------------------
+
+def picture(width: int = 8, height: int = 6) -> Image.Image:
+    """A small RGB picture whose pixels all differ, so a mix-up of images shows."""
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 30 % 256, y * 40 % 256, (x + y) * 10 % 256) for y in range(height) for x in range(width)])
+    return image
+
+
+def free_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

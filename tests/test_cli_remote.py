@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fal_stub import FalStub
+from fal_stub import FalStub, Job, Reply
 from PIL import Image
 
 from pasd_core.__main__ import main
@@ -85,3 +85,43 @@ def test_rejected_key_is_explained_without_echoing_it(stub, source, tmp_path, mo
     err = capsys.readouterr().err
     assert "401" in err and "FAL_KEY" in err and "SECRET-ffffffff" not in err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("flags", [["--guidance-scale", "nan"], ["--conditioning-scale", "inf"]])
+def test_a_number_that_is_not_finite_is_refused_before_any_request(stub, source, tmp_path, monkeypatch, capsys,
+                                                                   flags):
+    monkeypatch.setenv("FAL_KEY", KEY)
+    output = tmp_path / "out.png"
+    assert _remote(source, output, *flags) == 2
+    err = capsys.readouterr().err
+    assert flags[0].removeprefix("--").replace("-", "_") in err and "finite" in err and "Traceback" not in err
+    assert stub.recorded == [] and not output.exists()
+
+
+def test_a_key_with_a_line_break_is_refused_without_printing_it(stub, source, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FAL_KEY", KEY.replace(":", "\n:"))
+    output = tmp_path / "out.png"
+    assert _remote(source, output) == 1
+    err = capsys.readouterr().err
+    assert "FAL_KEY contains a line break" in err and "SECRET" not in err and "cli-test" not in err
+    assert stub.recorded == [] and not output.exists()
+
+
+def test_a_plain_http_queue_url_is_refused_before_the_key_is_sent(source, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FAL_KEY", KEY)
+    monkeypatch.setenv("FAL_QUEUE_URL", "http://queue.example.com")
+    output = tmp_path / "out.png"
+    assert _remote(source, output) == 1
+    err = capsys.readouterr().err
+    assert "FAL_QUEUE_URL='http://queue.example.com' is plain http" in err and "SECRET" not in err
+    assert not output.exists()
+
+
+def test_the_key_echoed_in_fal_log_lines_is_not_printed(stub, source, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FAL_KEY", KEY)
+    stub.plan = lambda index, image, body: Job(queue_positions=(), progress_polls=0)
+    stub.push("status", Reply(200, {"status": "IN_PROGRESS", "logs": [{"message": f"header: Key {KEY}"}]}))
+    output = tmp_path / "out.png"
+    assert _remote(source, output) == 0
+    err = capsys.readouterr().err
+    assert "fal: fal-ai/pasd: header: Key [FAL_KEY]" in err and "SECRET" not in err

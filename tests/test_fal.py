@@ -6,13 +6,12 @@ import base64
 import io
 import json
 import logging
-import socket
 import threading
 import time
 import traceback
 
 import pytest
-from fal_stub import ALT_PREFIX, FalStub, Job, Reply, wait_until
+from fal_stub import ALT_PREFIX, FalStub, Job, Reply, free_port, picture, wait_until
 from PIL import Image
 
 from pasd_core.errors import Interrupted
@@ -57,12 +56,6 @@ def client(delays):
         return FalQueueClient(**settings)
 
     return make
-
-
-def picture(width: int = 8, height: int = 6) -> Image.Image:
-    image = Image.new("RGB", (width, height))
-    image.putdata([(x * 30 % 256, y * 40 % 256, (x + y) * 10 % 256) for y in range(height) for x in range(width)])
-    return image
 
 
 def decode_data_uri(uri: str) -> Image.Image:
@@ -277,11 +270,11 @@ def test_429_after_all_retries(stub, client):
 
 
 def test_5xx_after_all_retries_shows_fals_body_truncated(stub, client):
-    stub.push("submit", Reply(500, {"detail": "GPU fell over " + "x" * 2000}), times=4)
+    stub.push("status", Reply(500, {"detail": "GPU fell over " + "x" * 2000}), times=4)
     error = failure(client())
     assert "HTTP 500" in str(error) and "after 4 attempts" in str(error) and "GPU fell over xxx" in str(error)
     assert "…" in str(error) and len(str(error)) < 600
-    assert len(stub.calls("submit")) == 4
+    assert len(stub.calls("status")) == 4 and len(stub.calls("submit")) == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
@@ -462,10 +455,3 @@ def test_worker_threads_are_gone_after_a_batch(stub, client):
     before = threading.active_count()
     client().upscale_batch([picture(), picture()], {})
     assert wait_until(lambda: threading.active_count() <= before)
-
-
-def free_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
