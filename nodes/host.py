@@ -13,10 +13,12 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
-from ..pasd_core.errors import Interrupted
+from ..pasd_core.errors import Interrupted, ModelError, ModelNotFoundError
+from ..pasd_core.params import ParamError
 
 log = logging.getLogger("ComfyUI-PASD")
 
@@ -80,14 +82,72 @@ def model_dirs(kind: str, markers: tuple[str, ...]) -> list[str]:
     return sorted(names)
 
 
-def model_path(kind: str, name: str) -> str:
-    """The full path of the model file or folder `name` listed for `kind`."""
-    for folder in model_folders(kind):
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            return path
-    searched = ", ".join(model_folders(kind)) or "(none registered)"
-    raise FileNotFoundError(f"{kind} model {name!r} not found in {searched}; put it there and refresh.")
+def model_path(kind: str, name: str, *, folder: bool = False, input_name: str | None = None) -> str:
+    """The full path of the model file (or, with `folder`, model folder) `name` listed for `kind`.
+
+    `name` comes from a node or a workflow, so it must be a name the lists could hold (see
+    `model_name_parts`) and it is joined only under the models folders. Symlinks the user placed
+    inside a models folder are followed, as ComfyUI's own `folder_paths.get_full_path` does: the
+    check is on the name, not on where a link leads.
+    """
+    input_name = input_name or f"{kind} model"
+    parts = model_name_parts(name, input_name)
+    folder_paths = _comfy("folder_paths")
+    if not folder and hasattr(folder_paths, "get_full_path"):
+        found = folder_paths.get_full_path(kind, "/".join(parts))  # ComfyUI's own lookup of model files
+        if found is not None:
+            return _readable(found, folder, input_name, name)
+    folders = model_folders(kind)
+    candidates = [_inside(base, parts) for base in folders]
+    for path in candidates:
+        if os.path.isdir(path) if folder else os.path.isfile(path):
+            return _readable(path, folder, input_name, name)
+    for path in candidates:  # not there as asked: say what is there instead, if anything
+        if os.path.isdir(path) or os.path.isfile(path):
+            found_as, wanted = ("a folder", "a file") if os.path.isdir(path) else ("a file", "a folder")
+            raise ModelError(f"{input_name} {name!r} is {found_as} in {os.path.dirname(path)}, but {input_name} "
+                             f"takes {wanted}{_WHAT_IT_TAKES.get(kind, '')}: pick one from the list.")
+        if os.path.islink(path):
+            raise ModelError(f"{input_name} {name!r} is a link in {os.path.dirname(path)} to something that does "
+                             "not exist: fix or remove the link, or pick another one from the list.")
+    searched = ", ".join(folders) or "(no folder registered)"
+    raise ModelNotFoundError(f"{input_name} {name!r} was not found in {searched}: pick one from the list, or put "
+                             "it there and refresh the list (R in ComfyUI).")
+
+
+# What a models folder of each kind holds, for the message when a name is the wrong kind of thing.
+_WHAT_IT_TAKES = {PASD_FOLDER: " (a PASD checkpoint holding unet/ and controlnet/)",
+                  "diffusers": " (a diffusers model with model_index.json)",
+                  "checkpoints": " (a .safetensors checkpoint)", "loras": " (a LoRA .safetensors)"}
+# Windows lists names with backslashes; elsewhere a backslash is refused (it is no separator there).
+_SEPARATORS = re.compile(r"[/\\]" if os.sep == "\\" else "/")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def model_name_parts(name: str, input_name: str) -> list[str]:
+    """The components of a model name; refuses absolute names, `..`, empty parts, drive letters, NUL."""
+    parts = _SEPARATORS.split(name) if isinstance(name, str) else [""]
+    if (not isinstance(name, str) or "\0" in name or (os.sep != "\\" and "\\" in name)
+            or any(p in ("", ".", "..") or _DRIVE.match(p) for p in parts)):
+        raise ParamError(f"{input_name} {repr(name)[:120]} is not a model name: names are relative to a models "
+                         "folder, with no leading '/', '..', empty parts, backslashes or drive letters. Pick one "
+                         "from the list.")
+    return parts
+
+
+def _inside(base: str, parts: list[str]) -> str:
+    """`base` joined with `parts`, which must stay inside it (it does for checked parts; this says so)."""
+    path = os.path.normpath(os.path.join(base, *parts))
+    if os.path.commonpath([os.path.abspath(base), os.path.abspath(path)]) != os.path.abspath(base):
+        raise ParamError(f"{os.path.join(*parts)!r} leads outside the models folder {base}: pick one from the list.")
+    return path
+
+
+def _readable(path: str, folder: bool, input_name: str, name: str) -> str:
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        raise ModelError(f"{input_name} {name!r} in {os.path.dirname(path)} cannot be read (permission denied): "
+                         "give the user running ComfyUI read access to it.")
+    return path
 
 
 # --- device and memory ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 # The table is read at call time (table.X), so every input follows it, even when patched in a test.
 from ..pasd_core import params as table
+from ..pasd_core.work_limits import check_planned_work
 from . import host, images
 from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
 
@@ -23,15 +24,17 @@ def base_model_choices() -> list[str]:
 
 
 def base_model_path(choice: str) -> str:
-    kind, _, name = choice.partition("/")
-    if kind not in ("diffusers", "checkpoints") or not name:
-        raise FileNotFoundError(f"base_model {choice!r} should start with diffusers/ or checkpoints/; pick one "
-                                "from the list.")
-    return host.model_path(kind, name)
+    """A base_model choice, `diffusers/<folder>` or `checkpoints/<file>`, resolved inside that models folder."""
+    kind, _, name = choice.partition("/") if isinstance(choice, str) else ("", "", "")
+    if kind not in ("diffusers", "checkpoints"):
+        raise table.ParamError(f"base_model {repr(choice)[:120]} should start with diffusers/ or checkpoints/: "
+                               "pick one from the list.")
+    return host.model_path(kind, name, folder=kind == "diffusers", input_name="base_model")
 
 
-def optional_path(kind: str, choice: str) -> str | None:
-    return None if choice == NONE else host.model_path(kind, choice)
+def optional_path(kind: str, choice: str, input_name: str) -> str | None:
+    """The file `choice` of models folder `kind`, or None for "none"."""
+    return None if choice == NONE else host.model_path(kind, choice, input_name=input_name)
 
 
 class PASDModelLoader(DeclaredNode):
@@ -63,8 +66,9 @@ class PASDModelLoader(DeclaredNode):
         settings = table.validate(params, table.LOADER_PARAMS)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
-        paths = (host.model_path(host.PASD_FOLDER, pasd_model), base_model_path(base_model),
-                 optional_path("checkpoints", style_model), optional_path("loras", lora))
+        paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
+                 base_model_path(base_model), optional_path("checkpoints", style_model, "style_model"),
+                 optional_path("loras", lora, "lora"))
         from ..pasd_core.pipeline import PASDPipeline
 
         host.free_memory()
@@ -87,6 +91,8 @@ class PASDUpscale(DeclaredNode):
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.SAMPLER_PARAMS)
+        image = images.checked(image)
+        check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
         inputs = images.to_pil(image)
         pipeline = pasd_model  # a pasd_core.pipeline.PASDPipeline; its device stays the target while offloaded
         host.free_memory()
@@ -132,6 +138,7 @@ class PASDColorFix(DeclaredNode):
             raise table.ParamError(f"method={method!r} is not allowed: use one of {', '.join(choices)}.")
         from ..pasd_core.color import color_fix_tensor
 
+        image, reference = images.checked(image, "image"), images.checked(reference, "reference")
         reference = images.match_batch(reference, image.shape[0], "reference")
-        fixed = color_fix_tensor(images.channels_first(image), images.channels_first(reference), method)
+        fixed = color_fix_tensor(images.channels_first(image), images.channels_first(reference, "reference"), method)
         return (fixed.permute(0, 2, 3, 1).contiguous(),)

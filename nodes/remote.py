@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pasd_core import params as table
+from ..pasd_core.work_limits import check_input_size
 from . import host, images
 from .inputs import DeclaredNode, Input, declare, socket
 
@@ -21,6 +22,8 @@ class PASDUpscaleFal(DeclaredNode):
 
     def upscale(self, image: Any, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.REMOTE_PARAMS)
+        image = images.checked(image)
+        check_input_size(image.shape[2], image.shape[1], "image")
         inputs = images.to_pil(image)
         from ..pasd_core.fal import FalQueueClient
 

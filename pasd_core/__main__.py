@@ -1,13 +1,15 @@
 """Command line: `python -m pasd_core upscale INPUT -o OUTPUT ...` (local, or `--remote fal`).
 
 Errors print one message and exit non-zero (2 for bad input, 1 otherwise); `--debug` shows the traceback.
-The output file is written atomically: a failed run never leaves a partial file behind.
+The output file is written atomically: a failed run never leaves a partial file behind. It gets the
+permissions a plain write would give: the umask's for a new file, its own for a replaced one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputImageError, Interrupted, PASDError
+from .image_io import read_image
 from .params import LOADER_PARAMS, REMOTE_PARAMS, SAMPLER_PARAMS, SHARED, add_cli_flags, given_cli_values, validate
+from .work_limits import check_planned_work
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -53,37 +57,52 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_format(path: Path) -> str:
-    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+def check_output(output: Path, input_path: Path) -> str:
+    """The output's image format, once nothing about the path would fail after the run or replace the input."""
+    if output.is_dir():
+        raise InputImageError(f"output {output} is a folder: give a file name inside it, e.g. "
+                              f"{output / 'result.png'}.")
+    fmt = OUTPUT_FORMATS.get(output.suffix.lower())
     if fmt is None:
-        raise InputImageError(f"output {path}: unknown image type {path.suffix!r}; use one of "
+        raise InputImageError(f"output {output}: unknown image type {output.suffix!r}; use one of "
                               f"{', '.join(OUTPUT_FORMATS)}.")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = output.parent
+    if folder.exists() and not folder.is_dir():
+        raise InputImageError(f"output folder {folder} is a file, not a folder.")
     if not folder.is_dir():
         raise InputImageError(f"output folder {folder} does not exist.")
     if not os.access(folder, os.W_OK):
         raise InputImageError(f"output folder {folder} is not writable.")
+    if input_path.is_file() and _same_file(output, input_path):
+        raise InputImageError(f"output {output} is the input image itself; writing it would replace the input: "
+                              "choose another output file.")
     return fmt
 
 
-def read_image(path: str | Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"input image {path} does not exist.")
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same resolved path, or (when both exist) a symlink or hard link to it."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise InputImageError(f"input {path} is not a readable image ({error}).") from None
+        return os.path.samefile(a, b) if a.exists() else a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _output_mode(path: Path) -> int:
+    """A replaced output keeps its permissions; a new one gets what the umask gives, as a plain open() would."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # reading the umask means setting it; restored at once
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_image_atomically(image: Any, path: Path, fmt: str) -> None:
     """Write next to the target, then rename: readers never see a half-written file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    mode = _output_mode(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(temporary, mode)  # mkstemp makes it 0600
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format=fmt)
         os.replace(temporary, path)
@@ -92,16 +111,20 @@ def write_image_atomically(image: Any, path: Path, fmt: str) -> None:
         raise
 
 
-def _run_local(args: argparse.Namespace, image: Any) -> Any:
+def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sampler settings, loader settings) of a local run, checked before anything is loaded."""
+    if not args.base_model or not args.pasd_model:
+        raise InputImageError("local runs need --base-model (SD1.5 folder or .safetensors) and --pasd-model "
+                              "(PASD checkpoint folder); or use --remote fal.")
+    return (validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS),
+            validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS))
+
+
+def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], loader: dict[str, Any]) -> Any:
     from tqdm import tqdm
 
     from .pipeline import PASDPipeline
 
-    if not args.base_model or not args.pasd_model:
-        raise InputImageError("local runs need --base-model (SD1.5 folder or .safetensors) and --pasd-model "
-                              "(PASD checkpoint folder); or use --remote fal.")
-    settings = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS)
-    loader = validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS)
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
         lora=args.lora, lora_strength=loader["lora_strength"], device=loader["device"], dtype=loader["dtype"],
@@ -110,9 +133,8 @@ def _run_local(args: argparse.Namespace, image: Any) -> Any:
         return pipeline.upscale(image, settings, on_step=bar.update)
 
 
-def _run_remote(args: argparse.Namespace, image: Any) -> Any:
-    from .fal import FalQueueClient
-
+def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The fal request's settings; local-only flags are refused, not silently dropped."""
     local_only = [p.flag for p in SAMPLER_PARAMS + LOADER_PARAMS if p.scope != SHARED
                   and getattr(args, p.name) is not None]
     local_only += [flag for flag, value in (("--base-model", args.base_model), ("--pasd-model", args.pasd_model),
@@ -120,9 +142,18 @@ def _run_remote(args: argparse.Namespace, image: Any) -> Any:
     if local_only:
         raise InputImageError(f"{', '.join(local_only)} only apply to local runs; fal-ai/pasd accepts "
                               f"{', '.join(p.flag for p in REMOTE_PARAMS)}.")
-    settings = validate(given_cli_values(args, REMOTE_PARAMS), REMOTE_PARAMS)
+    return validate(given_cli_values(args, REMOTE_PARAMS), REMOTE_PARAMS)
+
+
+def _run_remote(image: Any, settings: dict[str, Any]) -> Any:
+    from .fal import FalQueueClient
+
     client = FalQueueClient()
     return client.upscale_batch([image], settings, on_log=lambda line: print(f"fal: {line}", file=sys.stderr))[0]
+
+
+def _note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,10 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "download":
             return _download(args)
+        # every check that needs no model comes first: loading is slow and a fal request costs money
         output = Path(args.output)
-        fmt = _output_format(output)
-        image = read_image(args.input)
-        result = _run_remote(args, image) if args.remote else _run_local(args, image)
+        fmt = check_output(output, Path(args.input))
+        image = read_image(args.input, note=_note)
+        if args.remote:
+            result = _run_remote(image, _remote_settings(args))
+        else:
+            settings, loader = _local_settings(args)
+            check_planned_work(image.width, image.height, settings)
+            result = _run_local(args, image, settings, loader)
         write_image_atomically(result, output, fmt)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)

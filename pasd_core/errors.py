@@ -9,6 +9,10 @@ class ModelError(PASDError):
     """A checkpoint is missing, corrupt, or not what it claims to be."""
 
 
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """A model name resolves to nothing in the models folders (a FileNotFoundError, as ComfyUI's loaders raise)."""
+
+
 class InputImageError(PASDError):
     """An input image cannot be read or has an unusable shape."""
 

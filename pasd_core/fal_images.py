@@ -14,6 +14,7 @@ import io
 from PIL import Image
 
 from .fal_errors import ENDPOINT, FalError, malformed
+from .image_io import as_rgb
 
 RESULT_FORMATS = ("PNG", "JPEG", "WEBP")  # what fal's file host serves for images
 MAX_BYTES_PER_PIXEL = 8  # 16-bit RGBA stored uncompressed: no PNG, JPEG or WebP of that size is larger
@@ -22,7 +23,7 @@ SLACK_BYTES = 2**20  # headers, metadata, and the worst case of a tiny image
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
+    as_rgb(image).save(buffer, format="PNG")  # 16-bit, float and transparent images convert as in a local run
     return buffer.getvalue()
 
 

@@ -7,6 +7,7 @@ in the ComfyUI inputs, the fal request, the CLI flags and the validation message
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,14 +81,21 @@ class Param:
             if not isinstance(value, int):
                 raise wrong
             return value
+        number = value
         if isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 raise wrong from None
-        if not isinstance(value, (int, float)):
+        if not isinstance(number, (int, float)):
             raise wrong
-        return float(value)
+        try:
+            number = float(number)
+        except OverflowError:  # an int too large for a float
+            number = math.inf
+        if not math.isfinite(number):  # NaN passes every range comparison; "1e999" parses as inf
+            raise ParamError(f"{self.name}={value!r} is not a finite number: use a value {self.describe_range()}.")
+        return number
 
 
 PARAMS: tuple[Param, ...] = (

@@ -55,7 +55,7 @@ def apply_personalized_model(unet: nn.Module, vae: nn.Module, text_encoder: nn.M
     as `(unet, vae, text_encoder)` like the official loader.
     """
     strength = BY_NAME["style_strength"].check(strength)  # a blend: the table's range is 0..1
-    checkpoint = CheckpointFile(path)
+    checkpoint = CheckpointFile(path, "personalized model")
     require_sd15(checkpoint, {"UNet": UNET_PREFIX})
     state = checkpoint.tensors((UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX))  # not EMA copies or training state
 
@@ -124,7 +124,7 @@ def apply_lora(unet: nn.Module, text_encoder: nn.Module, path: str | Path, multi
     no `alpha / rank` scaling, so a LoRA trained with alpha < rank acts stronger than in kohya-based
     tools; `multiplier` compensates. Targets are Linear and 1x1 conv weights (and kxk convs, LoCon).
     """
-    checkpoint = CheckpointFile(path)
+    checkpoint = CheckpointFile(path, "LoRA file")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in checkpoint.tensors().items():
         module, _, part = key.partition(".")

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from . import memory
-from .errors import InputImageError
+from .image_io import as_rgb
 from .params import SAMPLER_PARAMS, validate
 from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
+from .work_limits import check_planned_work
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class PASDPipeline:
         """Super-resolve (or stylize) one image; `settings` are checked against the shared table."""
         settings = validate(settings or {}, SAMPLER_PARAMS)
         image = as_rgb(image)
+        check_planned_work(image.width, image.height, settings)
         self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype)
         while True:
             try:
@@ -112,16 +114,3 @@ class PASDPipeline:
             logger.warning("PASD ran out of memory; retrying with latent tiles of %d and VAE tiles of %s",
                            settings["latent_tile_size"], self.models.vae_tiles)
 
-
-def as_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, palette and alpha images become RGB (alpha composited on white, as a viewer shows it)."""
-    if not isinstance(image, Image.Image):
-        raise InputImageError(f"expected a PIL image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise InputImageError(f"the input image is empty ({image.width}×{image.height}).")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")

@@ -22,21 +22,19 @@ from .color import color_fix
 from .errors import Interrupted
 from .family import FAMILIES, SD15, TextConditioning
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
+from .work_limits import LATENT_FACTOR, denoising_calls, enlarged_size, latent_multiple
 
-LATENT_FACTOR = 8  # SD's VAE downsamples by 8
 # official test_pasd.py runs its VAE untiled up to these sizes (encoder tile 1024 px, decoder tile 224 latents)
 OFFICIAL_VAE_TILES = (1024, 224 * LATENT_FACTOR)
 
 
 def control_image_for(image: Image.Image, scale: int, process_size: int) -> Image.Image:
-    """The image the ControlNet sees and the VAE encodes (official resize rules)."""
+    """The image the ControlNet sees and the VAE encodes (official resize rules: bicubic ×scale, bilinear
+    up to process_size as torchvision's Resize on a PIL image, bicubic down to multiples of 8)."""
     image = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
-    short, long = min(image.size), max(image.size)
-    if short < process_size:  # torchvision Resize(process_size, BILINEAR) on a PIL image
-        size_long = int(process_size * long / short)
-        size = (process_size, size_long) if image.width <= image.height else (size_long, process_size)
-        image = image.resize(size, Image.BILINEAR)
-    return image.resize((image.width // 8 * 8, image.height // 8 * 8), Image.BICUBIC)
+    if enlarged_size(*image.size, process_size) != image.size:
+        image = image.resize(enlarged_size(*image.size, process_size), Image.BILINEAR)
+    return image.resize(latent_multiple(*image.size), Image.BICUBIC)
 
 
 def join_prompt(prompt: str, added_prompt: str) -> str:
@@ -165,11 +163,8 @@ class PASDSampler:
 
     # -- the whole run ---------------------------------------------------------------------------
     def count_steps(self, width: int, height: int, settings: dict) -> int:
-        """How many times `on_step` is called for one image of this size."""
-        control = control_image_for(Image.new("RGB", (width, height)), settings["scale"], settings["process_size"])
-        tiles = self.tiles_for(control.height // LATENT_FACTOR, control.width // LATENT_FACTOR,
-                               settings["latent_tile_size"], settings["latent_tile_overlap"])
-        return settings["steps"] * len(tiles)
+        """How many times `on_step` is called for one image of this size (sizes only, nothing allocated)."""
+        return denoising_calls(width, height, settings)
 
     def run(self, image: Image.Image, settings: dict, on_step: StepCallback | None = None,
             should_stop: StopCheck | None = None) -> Image.Image:

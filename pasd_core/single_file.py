@@ -15,6 +15,7 @@ tokenizer is CLIP ViT-L/14's BPE), so nothing is fetched.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -49,12 +50,13 @@ class BaseComponents:
 class CheckpointFile:
     """One checkpoint file: its key names at once, its tensors on demand (safetensors reads lazily)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, what: str = "checkpoint file") -> None:
+        from .loading import check_path  # here, not at the top: loading imports this module
+
         self.path = Path(path)
-        if self.path.is_dir():
-            raise ModelError(f"{self.path} is a folder: give a single-file checkpoint (.safetensors) here.")
-        if not self.path.is_file():
-            raise ModelError(f"checkpoint file {self.path} does not exist.")
+        if os.path.isdir(self.path):
+            raise ModelError(f"{what} {self.path} is a folder: give a single-file checkpoint (.safetensors) here.")
+        check_path(self.path, what, folder=False, fix="give a single-file checkpoint (.safetensors) here.")
         suffix = self.path.suffix.lower()
         self._loaded: dict[str, torch.Tensor] | None = None
         if suffix == ".safetensors":
@@ -232,7 +234,7 @@ def load_base_components(path: str | Path, config_dir: str | Path | None = None,
     from .loading import read_config  # here, not at the top: loading imports this module
 
     config_dir = Path(config_dir) if config_dir is not None else SD15_CONFIG_DIR
-    checkpoint = CheckpointFile(path)
+    checkpoint = CheckpointFile(path, "SD1.5 base model")
     require_sd15(checkpoint, {"CLIP text encoder": CLIP_PREFIX, "VAE": VAE_PREFIX})
     state = checkpoint.tensors((CLIP_PREFIX, VAE_PREFIX))
 

@@ -28,6 +28,8 @@ def needs_tiling(height: int, width: int, tile_size: int) -> bool:
 
 def _offsets(extent: int, size: int, overlap: int) -> list[int]:
     """Start of each tile along one axis: stride size - overlap, the last one clamped to the edge."""
+    if size <= overlap:  # the stride would be zero or negative: no tile would ever advance
+        raise ValueError(f"latent tiles of {size} do not advance with an overlap of {overlap}")
     offsets, end = [], 0
     while end < extent:
         start = len(offsets) * (size - overlap)

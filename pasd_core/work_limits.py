@@ -1,0 +1,115 @@
+"""The work a run plans, computed from sizes and settings alone, and the caps that refuse it up front.
+
+A 1×4096 strip enlarged to process_size plans a gigapixel control image; tiny latent tiles on a large
+image plan hundreds of thousands of UNet calls. Both are refused before any model loads or any pixel
+is resized, with a message that says what is too big and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InputImageError
+
+LATENT_FACTOR = 8  # SD's VAE downsamples by 8
+# 8192² px: a 4096² input at ×2 still runs (16 latent tiles); beyond it the control image alone takes
+# gigabytes as float tensors, and the official resize rules would happily plan gigapixels.
+MAX_CONTROL_PIXELS = 8192 * 8192
+# Each call is one UNet + ControlNet pass (tens of ms on a fast GPU): 20000 is hours of sampling. Past
+# it a run is a mistake (tiny latent tiles on a large image), not a job worth starting.
+MAX_DENOISING_CALLS = 20_000
+# A larger input would plan a control image over MAX_CONTROL_PIXELS even at scale 1, so it could never
+# run; refusing it from a file's header also keeps a tiny file that claims a huge size from being decoded.
+MAX_INPUT_PIXELS = MAX_CONTROL_PIXELS
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f}"
+
+
+def _limit(pixels: int) -> str:
+    side = math.isqrt(pixels)
+    return f"{megapixels(pixels)} megapixels ({side}×{side})"
+
+
+def check_input_size(width: int, height: int, what: str) -> None:
+    """Refuse an input of more than MAX_INPUT_PIXELS before it is decoded or converted."""
+    if width * height > MAX_INPUT_PIXELS:
+        raise InputImageError(input_too_large(what, f"{width}×{height} ({megapixels(width * height)} megapixels)"))
+
+
+def input_too_large(what: str, size: str) -> str:
+    return (f"{what} is {size}; the limit is {_limit(MAX_INPUT_PIXELS)}. PASD expects a "
+            "low-resolution input: downscale or crop it first, or split it into parts.")
+
+
+def enlarged_size(width: int, height: int, process_size: int) -> tuple[int, int]:
+    """Official rule: a short side below process_size becomes process_size, the long one in proportion
+    (truncated), as torchvision's Resize(process_size) sizes a PIL image."""
+    short, long = min(width, height), max(width, height)
+    if short >= process_size:
+        return width, height
+    size_long = int(process_size * long / short)
+    return (process_size, size_long) if width <= height else (size_long, process_size)
+
+
+def latent_multiple(width: int, height: int) -> tuple[int, int]:
+    """Both sides cut down to a multiple of the VAE's factor."""
+    return width // LATENT_FACTOR * LATENT_FACTOR, height // LATENT_FACTOR * LATENT_FACTOR
+
+
+def control_size(width: int, height: int, scale: int, process_size: int) -> tuple[int, int]:
+    """(width, height) of the image the ControlNet sees: sampler.control_image_for's resize rules, sizes only."""
+    return latent_multiple(*enlarged_size(width * scale, height * scale, process_size))
+
+
+def tiles_along(extent: int, tile_size: int, overlap: int) -> int:
+    """How many tiles tiling.latent_tiles lays along one axis (stride tile_size - overlap, last one clamped)."""
+    if extent <= tile_size:
+        return 1
+    return math.ceil((extent - tile_size) / (tile_size - overlap)) + 1
+
+
+def latent_tiling(width: int, height: int, settings: Mapping[str, Any]) -> tuple[int, int]:
+    """(tile side in latents, number of tiles) the sampler uses for one image; side 0 means untiled."""
+    from .tiling import needs_tiling
+
+    control_width, control_height = control_size(width, height, settings["scale"], settings["process_size"])
+    rows, cols = control_height // LATENT_FACTOR, control_width // LATENT_FACTOR
+    if not needs_tiling(rows, cols, settings["latent_tile_size"]):
+        return 0, 1
+    size, overlap = min(settings["latent_tile_size"], rows, cols), settings["latent_tile_overlap"]
+    if size <= overlap:  # tiles would never advance: tiling.latent_tiles would loop forever
+        raise InputImageError(
+            f"a {width}×{height} input at scale {settings['scale']} is so thin that its latent tiles are only "
+            f"{size} latents wide, not more than latent_tile_overlap={overlap}: lower latent_tile_overlap below "
+            f"{size}, raise process_size, or crop the image.")
+    return size, tiles_along(rows, size, overlap) * tiles_along(cols, size, overlap)
+
+
+def denoising_calls(width: int, height: int, settings: Mapping[str, Any]) -> int:
+    """UNet calls (steps × latent tiles) for one image of this size: what the sampler's count_steps counts."""
+    return settings["steps"] * latent_tiling(width, height, settings)[1]
+
+
+def check_planned_work(width: int, height: int, settings: Mapping[str, Any]) -> None:
+    """Refuse a run whose control image or number of denoising calls is over the caps (validated settings)."""
+    scale, process_size = settings["scale"], settings["process_size"]
+    what = f"a {width}×{height} input at scale {scale}"
+    control_width, control_height = control_size(width, height, scale, process_size)
+    pixels = control_width * control_height
+    if pixels > MAX_CONTROL_PIXELS:
+        raise InputImageError(
+            f"{what} with process_size {process_size} plans a {control_width}×{control_height} control image "
+            f"({megapixels(pixels)} megapixels); the limit is {_limit(MAX_CONTROL_PIXELS)}: lower scale or "
+            "process_size, crop the image (a long, thin image is enlarged until its short side reaches "
+            "process_size), or split it into parts.")
+    size, tiles = latent_tiling(width, height, settings)
+    calls = settings["steps"] * tiles
+    if calls > MAX_DENOISING_CALLS:
+        raise InputImageError(
+            f"{what} needs {calls} denoising calls ({settings['steps']} steps × {tiles} latent tiles of {size}); "
+            f"the limit is {MAX_DENOISING_CALLS}: raise latent_tile_size, lower steps, scale or process_size, "
+            "or split the image into parts.")
