@@ -15,9 +15,10 @@ from fal_stub import ALT_PREFIX, FalStub, Job, Reply, free_port, picture, wait_u
 from PIL import Image
 
 from pasd_core.errors import Interrupted
-from pasd_core.fal import FalQueueClient, QueueRequest, RetryPolicy, estimated_cost_usd, upscale_images
-from pasd_core.fal_errors import FalError, field_name
-from pasd_core.fal_key import find_fal_key
+from pasd_core.fal import FalError, FalQueueClient, RetryPolicy, estimated_cost_usd, find_fal_key, upscale_images
+from pasd_core.fal.errors import field_name
+from pasd_core.fal.images import png_bytes, png_data_uri
+from pasd_core.fal.transport import Budget
 from pasd_core.params import REMOTE_PARAMS, ParamError, defaults
 
 FAKE_KEY = "pasd-test-key-7f3a9c:SECRET-d41d8cd98f00b204"
@@ -164,7 +165,7 @@ def test_the_key_never_leaks_into_errors_logs_or_output(stub, client, capsys, ca
     assert len(errors) == len(scenarios) + 1
 
     texts = ["".join(traceback.format_exception(e)) + repr(e) + repr(e.args) for e in errors]
-    texts += messages + [caplog.text, *capsys.readouterr(), repr(client())]
+    texts += messages + [caplog.text, *capsys.readouterr(), repr(client()), repr(client().handle("id", key=FAKE_KEY))]
     assert [t for t in texts if SECRET_PART in t] == []
     assert any("[FAL_KEY]" in t for t in texts)  # the echoed key was there, and was redacted
     assert all(str(e).startswith("image 1 of 2: ") for e in errors[:-1])
@@ -224,11 +225,24 @@ def test_large_images_go_through_fal_storage(stub, client):
     assert result.size == (18, 14)
 
 
+def test_one_request_by_hand_through_its_handle(stub, client):
+    fal = client()
+    budget = Budget(10.0, threading.Event(), on_retry=lambda message: None)
+    body = {"image_url": png_data_uri(png_bytes(picture(3, 2))), "scale": 2}
+    request = fal.submit(body, key=FAKE_KEY, budget=budget)
+    assert request.request_id in stub.requests and FAKE_KEY not in repr(request)
+    lines: list[str] = []
+    status = request.wait(budget, log=lines.append, tick=lambda: None)
+    assert status["status"] == "COMPLETED" and "completed" in lines
+    result = fal.download(request.result(budget, expected=(6, 4)), source=(3, 2), scale=2, budget=budget)
+    assert result.size == (6, 4)
+    assert request.status(budget)["status"] == "COMPLETED"
+
+
 def test_cancel_of_a_finished_request_is_harmless(stub, client):
     client().upscale_batch([picture()], {})
     request_id = next(iter(stub.requests))
-    base = f"{stub.url}/fal-ai/pasd/requests/{request_id}"
-    client().cancel(QueueRequest(request_id, f"{base}/status", base, f"{base}/cancel"), key=FAKE_KEY)
+    client().handle(request_id, key=FAKE_KEY).cancel()
     assert stub.calls("cancel")[0].method == "PUT"  # fal answered 400 ALREADY_COMPLETED; nothing raised
 
 

@@ -20,8 +20,7 @@ import pytest
 from fal_stub import FalStub, Job, Reply, picture, wait_until
 
 from pasd_core.errors import Interrupted
-from pasd_core.fal import FalQueueClient, RetryPolicy
-from pasd_core.fal_errors import FalError
+from pasd_core.fal import FalError, FalQueueClient, RetryPolicy
 
 FAKE_KEY = "pasd-test-key-7f3a9c:SECRET-d41d8cd98f00b204"
 SECRET_PART = "SECRET-d41d8cd98f00b204"

@@ -1,6 +1,6 @@
 """HTTP for the fal client: one deadline per image, streamed and size-capped answers, careful retries.
 
-Every exchange is streamed under a Watch (fal_watchdog): its whole answer, headers and body, must
+Every exchange is streamed under a Watch (watchdog.py): its whole answer, headers and body, must
 arrive before the image's deadline, and stopping (Ctrl-C, another image failing) ends it within a
 fraction of a second; the body is read in chunks and refused past a size cap.
 
@@ -12,7 +12,7 @@ Retried, after `Retry-After` seconds when fal sends it, else exponential backoff
   own servers by the absence of the `x-fal-request-id` header (the test fal_client's
   `_is_ingress_error` makes; it also looks for "nginx" in the body, which we do not need).
 Never retried: any other 4xx, because sending the same request again cannot change fal's answer.
-The key goes only into the Authorization header, and only to the configured origin (fal_origin).
+The key goes only into the Authorization header, and only to the configured origin (origin.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import requests
 from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import ProxyError as UrllibProxyError
 
-from .fal_errors import FalError, http_error, malformed, too_large
-from .fal_origin import Origin, check_same_origin
-from .fal_redact import excerpt, redact
-from .fal_watchdog import Watchdog
+from .errors import FalError, http_error, malformed, too_large
+from .origin import Origin, check_same_origin
+from .redact import excerpt, redact
+from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 fal reports problems as `{"detail": ...}`: a string, or for invalid inputs pydantic's list of
 `{"loc": ["body", <field>], "msg": ..., "type": ...}` (fal's own `FieldException` builds that shape).
-Every piece of server text goes through `fal_redact.excerpt` with the key, so no message shows it.
+Every piece of server text goes through `redact.excerpt` with the key, so no message shows it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import PASDError
-from .fal_redact import excerpt
+from ..errors import PASDError
+from .redact import excerpt
 
 ENDPOINT = "fal-ai/pasd"
 KEY_HELP = (

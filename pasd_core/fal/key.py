@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .fal_errors import KEY_HELP, FalError
+from .errors import KEY_HELP, FalError
 
 DEFAULT_CONFIG = Path("~/.config/comfyui-pasd/fal.json")
 

@@ -13,8 +13,8 @@ import io
 
 from PIL import Image
 
-from .fal_errors import ENDPOINT, FalError, malformed
-from .image_io import as_rgb
+from ..image_io import as_rgb
+from .errors import ENDPOINT, FalError, malformed
 
 RESULT_FORMATS = ("PNG", "JPEG", "WEBP")  # what fal's file host serves for images
 MAX_BYTES_PER_PIXEL = 8  # 16-bit RGBA stored uncompressed: no PNG, JPEG or WebP of that size is larger

@@ -12,8 +12,8 @@ import ipaddress
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from .fal_errors import FalError
-from .fal_redact import excerpt
+from .errors import FalError
+from .redact import excerpt
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
