@@ -90,8 +90,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from PIL import Image
 
-    from pasd_core import sampler as sampler_module
-    from pasd_core.pipeline import PASDPipeline
+    from pasd_core.engine import sampler as sampler_module
+    from pasd_core.engine.pipeline import PASDPipeline
 
     torch.set_num_threads(args.threads)
     memory = PeakMemory()

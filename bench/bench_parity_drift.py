@@ -24,8 +24,8 @@ from PIL import Image
 
 add_project_to_path()
 
-from conftest import CASES, PASD, PASD_LIGHT, SD15, case_data  # noqa: E402
-from pasd_core.pipeline import PASDPipeline  # noqa: E402
+from conftest import CASES, MODELS, SDXL_CASES, case_data  # noqa: E402
+from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 
 NAMES = ("init_latents", "final_latents_scaled", "decoded")
 NOISE_SEEDS = 5
@@ -59,8 +59,10 @@ def run_case(pipeline: PASDPipeline, data: dict) -> dict[str, np.ndarray]:
 
 
 def drift(seen: dict[str, np.ndarray], data: dict) -> list[float]:
-    """Max |ours - official| per intermediate, then the final image's max difference in levels of 255."""
-    row = [float(np.abs(seen[n] - np.load(data["dir"] / f"{n}.npy")).max()) for n in NAMES]
+    """Max |ours - official| per intermediate relative to the official tensor's largest |value|, then the final
+    image's max difference in levels of 255."""
+    official = {n: np.load(data["dir"] / f"{n}.npy") for n in NAMES}
+    row = [float(np.abs(seen[n] - official[n]).max() / np.abs(official[n]).max()) for n in NAMES]
     expected = np.asarray(Image.open(data["dir"] / "expected.png").convert("RGB"), dtype=np.int16)
     return row + [float(np.abs(seen["png"] - expected).max())]
 
@@ -85,9 +87,8 @@ def main() -> None:
     print(machine_header("Parity drift: how far rounding differences move the intermediates (CPU fp32, tiny fixtures)"))
     print(torch_threads_note())
     rows = []
-    pipelines = {v: PASDPipeline.from_pretrained(SD15, PASD_LIGHT if v == "pasd_light" else PASD, device="cpu",
-                                                 dtype="fp32") for v in ("pasd", "pasd_light")}
-    for case in CASES:
+    pipelines = {v: PASDPipeline.from_pretrained(*MODELS[v], device="cpu", dtype="fp32") for v in MODELS}
+    for case in CASES + SDXL_CASES:
         data = case_data(case)
         pipeline = pipelines[data["variant"]]
         rows.append([case, "this machine", *drift(run_case(pipeline, data), data)])

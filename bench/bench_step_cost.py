@@ -31,11 +31,11 @@ from PIL import Image
 
 add_project_to_path()
 
-from pasd_core import sampler as sampler_module  # noqa: E402
+from pasd_core.engine import sampler as sampler_module  # noqa: E402
+from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
+from pasd_core.engine.sampler import SamplerModels  # noqa: E402
 from pasd_core.models import PASDControlNet, PASDUNet  # noqa: E402
-from pasd_core.pipeline import PASDPipeline  # noqa: E402
-from pasd_core.sampler import SamplerModels  # noqa: E402
-from pasd_core.single_file import SD15_CONFIG_DIR  # noqa: E402
+from pasd_core.weights.sd15_file import SD15_CONFIG_DIR  # noqa: E402
 
 # PASD's ControlNet is diffusers' ControlNetModel.from_unet(SD1.5 UNet) with the default embedding channels
 CONDITIONING_CHANNELS = (16, 32, 96, 256)
@@ -256,7 +256,7 @@ def main() -> None:
         pipeline = PASDPipeline(models, variant)
         label = variant
         if channels_last:
-            from pasd_core.acceleration import accelerate
+            from pasd_core.engine.acceleration import accelerate
 
             accelerate(pipeline, channels_last=True)
             label += " channels_last"

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pasd_core.params import Param
+from ..pasd_core.params import AUTO, Param
 
 WIDGET_TYPES = {int: "INT", float: "FLOAT", str: "STRING"}
 # Inputs ComfyUI re-rolls after each queued prompt (its "control after generate" widget), as core's KSampler.
@@ -28,13 +28,15 @@ class Input:
 
 def from_param(param: Param) -> Input:
     """The widget for one table entry: its type, default, range, step, choices and tooltip."""
-    options: dict[str, Any] = {"default": param.default, "tooltip": param.tooltip}
+    options: dict[str, Any] = {"default": param.default, "tooltip": param.help}
     if param.choices is not None:
         return Input(param.name, "COMBO", {"options": list(param.choices), **options})
     for key in ("min", "max", "step"):
         value = getattr(param, key)
         if value is not None:
             options[key] = param.kind(value)
+    if param.auto and param.kind is int:  # the widget must accept 0, the "auto" value, below the real range
+        options["min"] = AUTO[int]
     if param.multiline:
         options["multiline"] = True
     if param.name in SEED_NAMES:

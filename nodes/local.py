@@ -7,12 +7,12 @@ from typing import Any
 
 # The table is read at call time (table.X), so every input follows it, even when patched in a test.
 from ..pasd_core import params as table
-from ..pasd_core.work_limits import check_planned_work
+from ..pasd_core.engine.work_limits import check_planned_work
 from . import host, images
 from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
 
 NONE = "none"
-# The same test as pasd_core.loading.is_pasd_checkpoint, without importing torch to fill a dropdown.
+# The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
 PASD_CHECKPOINT_MARKERS = ("unet/config.json", "controlnet/config.json")
 SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses (seed + i) mod 2**64
 
@@ -69,7 +69,7 @@ class PASDModelLoader(DeclaredNode):
         paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
                  base_model_path(base_model), optional_path("checkpoints", style_model, "style_model"),
                  optional_path("loras", lora, "lora"))
-        from ..pasd_core.pipeline import PASDPipeline
+        from ..pasd_core.engine.pipeline import PASDPipeline
 
         host.free_memory()
         pipeline = PASDPipeline.from_pretrained(
@@ -90,11 +90,11 @@ class PASDUpscale(DeclaredNode):
         return declare(socket("image", "IMAGE"), socket("pasd_model", "PASD_MODEL"), table.SAMPLER_PARAMS)
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
-        settings = table.validate(params, table.SAMPLER_PARAMS)
+        pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded
+        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS), pipeline.family)
         image = images.checked(image)
         check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
         inputs = images.to_pil(image)
-        pipeline = pasd_model  # a pasd_core.pipeline.PASDPipeline; its device stays the target while offloaded
         host.free_memory()
         pipeline.to(pipeline.device)
         total = len(inputs) * pipeline.count_steps(*inputs[0].size, settings)
@@ -136,7 +136,7 @@ class PASDColorFix(DeclaredNode):
         choices = self.method_input().options["options"]
         if method not in choices:
             raise table.ParamError(f"method={method!r} is not allowed: use one of {', '.join(choices)}.")
-        from ..pasd_core.color import color_fix_tensor
+        from ..pasd_core.engine.color import color_fix_tensor
 
         image, reference = images.checked(image, "image"), images.checked(reference, "reference")
         reference = images.match_batch(reference, image.shape[0], "reference")

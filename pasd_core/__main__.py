@@ -16,10 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .engine.work_limits import check_planned_work
 from .errors import InputImageError, Interrupted, PASDError
 from .image_io import read_image
-from .params import LOADER_PARAMS, REMOTE_PARAMS, SAMPLER_PARAMS, SHARED, add_cli_flags, given_cli_values, validate
-from .work_limits import check_planned_work
+from .params import (
+    LOADER_PARAMS,
+    REMOTE_PARAMS,
+    SAMPLER_PARAMS,
+    SHARED,
+    add_cli_flags,
+    for_family,
+    given_cli_values,
+    validate,
+)
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -31,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("input", help="input image file")
     up.add_argument("-o", "--output", required=True, help="output image file (.png, .jpg or .webp)")
     up.add_argument("--remote", choices=("fal",), help="run on fal's hosted fal-ai/pasd instead of locally")
-    up.add_argument("--base-model", help="SD1.5 base: diffusers folder or single .safetensors file")
-    up.add_argument("--pasd-model", help="PASD checkpoint folder (holding unet/ and controlnet/)")
+    up.add_argument("--base-model", help="SD1.5 or SDXL base (the PASD checkpoint's family): diffusers folder or "
+                                         "single .safetensors file")
+    up.add_argument("--pasd-model", help="PASD checkpoint folder (holding unet/ and controlnet/; PASD-SDXL also "
+                                         "scheduler/)")
     up.add_argument("--style-model", help="personalized SD1.5 .safetensors for stylization")
     up.add_argument("--lora", help="kohya-style LoRA .safetensors")
     add_cli_flags(up, SAMPLER_PARAMS)
@@ -48,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .download import ensure_pasd_checkpoint, ensure_sd15_base
+    from .weights.download import ensure_pasd_checkpoint, ensure_sd15_base
 
     models = Path(args.models_dir)
     pasd = ensure_pasd_checkpoint(args.variant, models / "pasd")
@@ -112,18 +123,22 @@ def write_image_atomically(image: Any, path: Path, fmt: str) -> None:
 
 
 def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(sampler settings, loader settings) of a local run, checked before anything is loaded."""
+    """(sampler settings, loader settings) of a local run, checked before anything is loaded; `auto` defaults
+    resolved for the PASD checkpoint's family, read from its config alone."""
+    from .weights.pasd_folder import checkpoint_family
+
     if not args.base_model or not args.pasd_model:
-        raise InputImageError("local runs need --base-model (SD1.5 folder or .safetensors) and --pasd-model "
-                              "(PASD checkpoint folder); or use --remote fal.")
-    return (validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS),
+        raise InputImageError("local runs need --base-model (an SD1.5 or SDXL base: diffusers folder or .safetensors) "
+                              "and --pasd-model (PASD checkpoint folder); or use --remote fal.")
+    sampler = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS)
+    return (for_family(sampler, checkpoint_family(args.pasd_model)),
             validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS))
 
 
 def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], loader: dict[str, Any]) -> Any:
     from tqdm import tqdm
 
-    from .pipeline import PASDPipeline
+    from .engine.pipeline import PASDPipeline
 
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PASDError
+from .model_family import LABELS, SD15, SDXL
 
 # Where a parameter is used: by both engines, by the local sampler only, or by the model loader.
 SHARED, LOCAL, LOADER = "shared", "local", "loader"
+# The value that stands for "the loaded model family's default" (see Param.auto): 0 for numbers, "auto" for text.
+AUTO = {int: 0, str: "auto"}
 
 
 class ParamError(PASDError, ValueError):
@@ -34,6 +37,25 @@ class Param:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     multiline: bool = False
+    # Per-family values of a default that differs between PASD-SD1.5 and PASD-SDXL (the official scripts'
+    # own); the parameter's default is then AUTO[kind], resolved once the model's family is known.
+    auto: tuple[tuple[str, Any], ...] = ()
+    families: tuple[str, ...] = (SD15, SDXL)  # the families it means something for; ignored by the others
+
+    @property
+    def help(self) -> str:
+        """The tooltip with what `auto` gives per family and where the parameter is ignored."""
+        text = self.tooltip
+        if self.auto:
+            each = ", ".join(f"{value!r} for {LABELS[family]}" for family, value in self.auto)
+            text += f" {AUTO[self.kind]!r} = the model's own default: {each}."
+        if len(self.families) == 1:
+            text += f" {LABELS[self.families[0]]} only; ignored for the other family."
+        return text
+
+    def resolve(self, value: Any, family: str) -> Any:
+        """`value`, or this family's default when it is the auto value."""
+        return dict(self.auto)[family] if self.auto and value == AUTO[self.kind] else value
 
     @property
     def remote(self) -> bool:
@@ -48,7 +70,8 @@ class Param:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.min is not None and self.max is not None:
-            return f"between {self.min} and {self.max}"
+            auto = f"{AUTO[self.kind]} (auto) or " if self.auto else ""
+            return f"{auto}between {self.min} and {self.max}"
         return "a string" if self.kind is str else f"a {self.kind.__name__}"
 
     def check(self, value: Any) -> Any:
@@ -56,6 +79,8 @@ class Param:
         value = self._coerce(value)
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"{self.name}={value!r} is not allowed: use {self.describe_range()}.")
+        if self.auto and value == AUTO[self.kind]:
+            return value
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             raise ParamError(f"{self.name}={value!r} is out of range: use a value {self.describe_range()}.")
         return value
@@ -115,27 +140,29 @@ PARAMS: tuple[Param, ...] = (
     # Local sampler only.
     Param("seed", int, 0, "Random seed; image i of a batch uses seed + i.", scope=LOCAL, min=0,
           max=2**64 - 1, step=1),
-    Param("added_prompt", str, "clean, high-resolution, 8k", "Appended to the prompt, as the official PASD does.",
-          scope=LOCAL, multiline=True),
-    Param("process_size", int, 768,
-          "Images whose short side is below this are enlarged to it before sampling (official default 768).",
-          scope=LOCAL, min=64, max=4096, step=8),
-    Param("latent_tile_size", int, 320,
+    Param("added_prompt", str, AUTO[str], "Appended to the prompt, as the official PASD does.",
+          scope=LOCAL, multiline=True,
+          auto=((SD15, "clean, high-resolution, 8k"), (SDXL, "photorealistic, clean, high-resolution, 8k"))),
+    Param("process_size", int, AUTO[int], "Images whose short side is below this are enlarged to it before sampling.",
+          scope=LOCAL, min=64, max=4096, step=8, auto=((SD15, 768), (SDXL, 1280))),
+    Param("latent_tile_size", int, AUTO[int],
           "Latents larger than this (squared) are sampled in tiles of this size; lower it to save memory.",
-          scope=LOCAL, min=8, max=1024, step=8),
+          scope=LOCAL, min=8, max=1024, step=8, auto=((SD15, 320), (SDXL, 180))),
     Param("latent_tile_overlap", int, 8, "Overlap between latent tiles.", scope=LOCAL, min=0, max=256, step=1),
+    # PASD-SDXL starts from pure noise (official test_pasd_sdxl.py): these two mean nothing there.
     Param("added_noise_level", int, 900, "Extra noise mixed into the start latents (higher: more generated detail).",
-          scope=LOCAL, min=0, max=999, step=1),
+          scope=LOCAL, min=0, max=999, step=1, families=(SD15,)),
     Param("added_noise_mode", str, "official",
           "'official' adds noise as the official code does today (at the schedule's last timestep); "
           "'exact' adds it at timestep added_noise_level itself, as the paper intends.",
-          scope=LOCAL, choices=("official", "exact")),
+          scope=LOCAL, choices=("official", "exact"), families=(SD15,)),
     Param("color_fix", str, "wavelet", "Match the output's colours to the input: wavelet (official), adain or none.",
           scope=LOCAL, choices=("wavelet", "adain", "none")),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
           choices=("auto", "cpu", "cuda", "mps")),
-    Param("dtype", str, "auto", "Weight precision: auto is fp16 on CUDA, fp32 elsewhere.", scope=LOADER,
+    Param("dtype", str, "auto", "Weight precision: auto is what the official scripts use on a GPU (fp16 for SD1.5, "
+          "bf16 for SDXL on CUDA; fp16 on Apple MPS) and fp32 on CPU.", scope=LOADER,
           choices=("auto", "fp32", "fp16", "bf16")),
     Param("style_strength", float, 1.0,
           "How much of the personalized model replaces the PASD UNet's SD weights (1.0 = replace).",
@@ -162,13 +189,23 @@ def validate(values: Mapping[str, Any], params: Iterable[Param] = SAMPLER_PARAMS
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: expected some of {', '.join(known)}.")
     settings = {p.name: p.check(values[p.name]) if values.get(p.name) is not None else p.default for p in params}
-    if "latent_tile_overlap" in settings and "latent_tile_size" in settings:
-        if settings["latent_tile_overlap"] >= settings["latent_tile_size"]:
-            raise ParamError(
-                f"latent_tile_overlap={settings['latent_tile_overlap']} must be smaller than "
-                f"latent_tile_size={settings['latent_tile_size']}."
-            )
+    _check_tiles(settings)
     return settings
+
+
+def _check_tiles(settings: Mapping[str, Any]) -> None:
+    """Tiles must advance: the overlap stays below the tile size (checked once the size is known)."""
+    size, overlap = settings.get("latent_tile_size"), settings.get("latent_tile_overlap")
+    if size is not None and overlap is not None and size != AUTO[int] and overlap >= size:
+        raise ParamError(f"latent_tile_overlap={overlap} must be smaller than latent_tile_size={size}.")
+
+
+def for_family(settings: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """Validated settings with every auto value replaced by `family`'s default (SD15 or SDXL)."""
+    resolved = {name: BY_NAME[name].resolve(value, family) if name in BY_NAME else value
+                for name, value in settings.items()}
+    _check_tiles(resolved)
+    return resolved
 
 
 def fal_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,7 +219,7 @@ def add_cli_flags(parser: argparse.ArgumentParser, params: Iterable[Param]) -> N
         parser.add_argument(
             p.flag, dest=p.name, type=p.kind, default=None, choices=p.choices, metavar=None if p.choices else "N"
             if p.kind is not str else "TEXT",
-            help=f"{p.tooltip} ({p.describe_range()}; default {p.default!r})",
+            help=f"{p.help} ({p.describe_range()}; default {p.default!r})",
         )
 
 

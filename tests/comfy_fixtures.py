@@ -163,6 +163,7 @@ class FakePipeline:
         import torch
 
         self.device = torch.device("cpu")
+        self.family = "sd15"  # a PASD-SD1.5 model: `auto` settings resolve to test_pasd.py's defaults
         self.steps, self.sizes = steps, sizes
         self.settings: list[dict] = []
         self.events: list[str] = []

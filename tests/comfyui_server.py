@@ -158,7 +158,7 @@ DIRECT_RUN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-from pasd_core.pipeline import PASDPipeline
+from pasd_core.engine.pipeline import PASDPipeline
 job = json.loads(sys.argv[2])
 pictures = [Image.open(p).convert("RGB") for p in job["inputs"]]
 for stage in job["stages"]:

@@ -19,27 +19,36 @@ PASD = CHECKPOINTS / "pasd" / "checkpoint-100000"
 PASD_LIGHT = CHECKPOINTS / "pasd_light" / "checkpoint-120000"
 CASES = sorted(p.name for p in (FIXTURES / "cases").iterdir())
 
+SDXL_FIXTURES = Path(__file__).parent / "fixtures" / "pasd_sdxl_official_tiny"
+SDXL_BASE = SDXL_FIXTURES / "checkpoints" / "stable-diffusion-xl-base-1.0"
+PASD_SDXL = SDXL_FIXTURES / "checkpoints" / "pasd_sdxl" / "checkpoint-200000"
+SDXL_CASES = sorted(p.name for p in (SDXL_FIXTURES / "cases").iterdir())
+
+# The fixtures' variant names: (base model folder, PASD checkpoint folder) of each.
+MODELS = {"pasd": (SD15, PASD), "pasd_light": (SD15, PASD_LIGHT), "pasd_sdxl": (SDXL_BASE, PASD_SDXL)}
+
 
 def case_data(name: str) -> dict:
-    """case.json of a parity case, with the checkpoint folder its variant uses."""
-    data = json.loads((FIXTURES / "cases" / name / "case.json").read_text())
-    data["dir"] = FIXTURES / "cases" / name
-    data["checkpoint"] = PASD_LIGHT if data["variant"] == "pasd_light" else PASD
+    """case.json of a parity case (SD1.5 or SDXL), with the base and checkpoint folders its variant uses."""
+    folder = (SDXL_FIXTURES if name in SDXL_CASES else FIXTURES) / "cases" / name
+    data = json.loads((folder / "case.json").read_text())
+    data["dir"] = folder
+    data.setdefault("family", "sd15")
+    data["base"], data["checkpoint"] = MODELS[data["variant"]]
     data["settings"] = {k: v for k, v in data["params"].items() if k != "variant"}
     return data
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline():
-    """A loaded tiny PASD pipeline per variant (fp32, CPU), built once per test session."""
-    from pasd_core.pipeline import PASDPipeline
+    """A loaded tiny PASD pipeline per fixture variant (fp32, CPU), built once per test session."""
+    from pasd_core.engine.pipeline import PASDPipeline
 
     cache: dict[str, PASDPipeline] = {}
 
     def get(variant: str = "pasd") -> PASDPipeline:
         if variant not in cache:
-            checkpoint = PASD_LIGHT if variant == "pasd_light" else PASD
-            cache[variant] = PASDPipeline.from_pretrained(SD15, checkpoint, device="cpu", dtype="fp32")
+            cache[variant] = PASDPipeline.from_pretrained(*MODELS[variant], device="cpu", dtype="fp32")
         return cache[variant]
 
     return get

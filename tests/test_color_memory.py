@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import ROOT
-from pasd_core import color
+from pasd_core.engine import color
 
 # --- the algorithm as it was before the memory work (frozen copy: whole image, all channels at once) -----
 
@@ -150,7 +150,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
-from pasd_core.color import color_fix
+from pasd_core.engine.color import color_fix
 
 def status(field):
     return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024

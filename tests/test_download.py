@@ -10,8 +10,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from pasd_core.download import ensure_pasd_checkpoint, ensure_sd15_base
 from pasd_core.errors import ModelError
+from pasd_core.weights.download import ensure_pasd_checkpoint, ensure_sd15_base
 
 PASD_REPO_FILES = [
     f"{folder}/{part}/{name}"

@@ -17,8 +17,8 @@ from fal_stub import FalStub
 from PIL import Image, ImageOps
 
 from conftest import FAST_SETTINGS, PASD, SD15
-from pasd_core import work_limits
 from pasd_core.__main__ import main
+from pasd_core.engine import work_limits
 from pasd_core.params import defaults
 
 KEY = "hostile-images-key:SECRET-1234"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from pasd_core import memory
-from pasd_core import pipeline as pipeline_module
-from pasd_core.sampler import OFFICIAL_VAE_TILES
+from pasd_core.engine import memory
+from pasd_core.engine import pipeline as pipeline_module
+from pasd_core.engine.sampler import OFFICIAL_VAE_TILES
 
 
 def test_cpu_keeps_the_official_vae_tiles():
@@ -40,7 +40,7 @@ def test_out_of_memory_on_gpu_retries_with_smaller_tiles(tiny_pipeline, monkeypa
 
     monkeypatch.setattr(pipeline._sampler, "run", run)
     monkeypatch.setattr(pipeline.models, "device", torch.device("cuda"))
-    monkeypatch.setattr(pipeline_module.memory, "vae_tiles_for", lambda device, dtype: OFFICIAL_VAE_TILES)
+    monkeypatch.setattr(pipeline_module.memory, "vae_tiles_for", lambda device, dtype, official: OFFICIAL_VAE_TILES)
     monkeypatch.setattr(pipeline_module.memory, "release", lambda device: None)
     pipeline.upscale(Image.new("RGB", (8, 8)), {"latent_tile_size": 64})
     assert attempts == [64, 32]

@@ -22,7 +22,7 @@ local = pack_module("nodes.local")
 host = pack_module("nodes.host")
 errors = pack_module("pasd_core.errors")
 table = pack_module("pasd_core.params")
-pipeline_module = pack_module("pasd_core.pipeline")
+pipeline_module = pack_module("pasd_core.engine.pipeline")
 
 PASD_NAME, BASE_NAME = "pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5"
 SECRET = "SECRET_ENTRY_OUTSIDE"  # a name that lives only outside the models folders

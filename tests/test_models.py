@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from tiny_pasd import write_pasd_checkpoint
 
 from conftest import PASD, PASD_LIGHT, SD15
-from pasd_core.loading import load_pasd_checkpoint
-from pasd_core.pipeline import PASDPipeline
+from pasd_core.engine.pipeline import PASDPipeline
+from pasd_core.weights.pasd_folder import load_pasd_checkpoint
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1}
 

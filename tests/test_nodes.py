@@ -111,13 +111,15 @@ def test_widgets_are_the_table_entries(node, params):
     assert [name for name in declared if name not in ("image", "pasd_model")] == [p.name for p in entries]
     for p in entries:
         kind, options = declared[p.name]
-        assert options["default"] == p.default and options["tooltip"] == p.tooltip
+        assert options["default"] == p.default and options["tooltip"] == p.help
         if p.choices:
             assert kind == list(p.choices)
             continue
         assert kind == {int: "INT", float: "FLOAT", str: "STRING"}[p.kind]
         for key in ("min", "max", "step"):
-            assert options.get(key) == getattr(p, key)
+            # an `auto` number's widget also takes 0, the auto value, below the real range
+            expected = table.AUTO[int] if key == "min" and p.auto and p.kind is int else getattr(p, key)
+            assert options.get(key) == expected
         assert options.get("multiline", False) == p.multiline
     assert "seed" not in declared or declared["seed"][1]["control_after_generate"] is True
 
@@ -195,7 +197,7 @@ def test_light_variant_and_a_batch_use_seed_plus_index(models_dir, monkeypatch):
 def test_loader_resolves_choices_to_paths_and_names_missing_models(monkeypatch, models_dir):
     monkeypatch.setenv("PASD_MODELS_DIR", str(models_dir))
     seen = {}
-    pipeline_module = pack_module("pasd_core.pipeline")
+    pipeline_module = pack_module("pasd_core.engine.pipeline")
     monkeypatch.setattr(pipeline_module.PASDPipeline, "from_pretrained",
                         classmethod(lambda cls, base, pasd_path, **kw: seen.update(base=base, pasd=pasd_path, **kw)))
     local.PASDModelLoader().load("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none",
@@ -300,7 +302,7 @@ def test_outside_comfyui_an_interruption_surfaces_as_the_engines_error(monkeypat
 # --- colour fix ------------------------------------------------------------------------------------
 
 def test_color_fix_node_matches_the_engine_and_broadcasts_one_reference():
-    color = pack_module("pasd_core.color")
+    color = pack_module("pasd_core.engine.color")
     generator = torch.Generator().manual_seed(0)
     image, reference = torch.rand(2, 16, 16, 3, generator=generator), torch.rand(1, 8, 8, 3, generator=generator)
     for method in ("wavelet", "adain"):

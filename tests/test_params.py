@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from pasd_core import params
-from pasd_core.params import BY_NAME, REMOTE_PARAMS, SAMPLER_PARAMS, ParamError, validate
+from pasd_core.params import BY_NAME, REMOTE_PARAMS, SAMPLER_PARAMS, ParamError, for_family, validate
 
 FAL_NEGATIVE = ("blurry, dirty, messy, frames, deformed, dotted, noise, raster lines, unclear, lowres, "
                 "over-smoothed, painting, ai generated")
@@ -31,9 +31,8 @@ def test_prompts_are_fal_s():
 
 
 def test_local_only_parameters():
-    expected = {"seed": 0, "added_prompt": "clean, high-resolution, 8k", "process_size": 768,
-                "latent_tile_size": 320, "latent_tile_overlap": 8, "added_noise_level": 900, "color_fix": "wavelet",
-                "added_noise_mode": "official"}
+    expected = {"seed": 0, "added_prompt": "auto", "process_size": 0, "latent_tile_size": 0, "latent_tile_overlap": 8,
+                "added_noise_level": 900, "color_fix": "wavelet", "added_noise_mode": "official"}
     for name, default in expected.items():
         assert BY_NAME[name].default == default and not BY_NAME[name].remote, name
     assert BY_NAME["seed"].max == 2**64 - 1
@@ -96,3 +95,25 @@ def test_changing_a_default_in_the_table_changes_it_everywhere(monkeypatch):
     parser = argparse.ArgumentParser()
     params.add_cli_flags(parser, params.SAMPLER_PARAMS)
     assert "default 3" in parser.format_help()
+
+
+def test_auto_defaults_resolve_to_each_official_scripts_values():
+    """test_pasd.py and test_pasd_sdxl.py differ in these three defaults; `auto` gives each family its own."""
+    settings = validate({})
+    sd15, sdxl = for_family(settings, "sd15"), for_family(settings, "sdxl")
+    assert (sd15["process_size"], sd15["latent_tile_size"], sd15["added_prompt"]) == (
+        768, 320, "clean, high-resolution, 8k")
+    assert (sdxl["process_size"], sdxl["latent_tile_size"], sdxl["added_prompt"]) == (
+        1280, 180, "photorealistic, clean, high-resolution, 8k")
+    given = validate({"process_size": 512, "latent_tile_size": 64, "added_prompt": ""})
+    assert for_family(given, "sdxl") == for_family(given, "sd15") == given  # a value given is kept as is
+
+
+def test_auto_values_are_documented_and_checked():
+    process_size = BY_NAME["process_size"]
+    assert "768 for SD1.5" in process_size.help and "1280 for SDXL" in process_size.help
+    assert "SD1.5 only" in BY_NAME["added_noise_level"].help
+    with pytest.raises(ParamError, match="process_size=32.*0 \\(auto\\) or between 64 and 4096"):
+        validate({"process_size": 32})
+    with pytest.raises(ParamError, match="latent_tile_overlap=200 must be smaller than latent_tile_size=180"):
+        for_family(validate({"latent_tile_overlap": 200}), "sdxl")

@@ -1,4 +1,4 @@
-"""The local sampler reproduces the official PASD implementation (fixtures made by its unmodified script)."""
+"""The local sampler reproduces the official PASD and PASD-SDXL (fixtures made by their unmodified scripts)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CASES, SD15, case_data
-from pasd_core import sampler as sampler_module
+from conftest import CASES, SDXL_CASES, case_data
 from pasd_core.__main__ import main as cli_main
+from pasd_core.engine import sampler as sampler_module
 
 TOLERANCE = 1  # levels of 255, at every pixel (the project's parity standard)
 
-# Max |ours - official| allowed per intermediate, in the tensors' own units. Another CPU rounds each sum
-# differently by about one ulp and 20 steps amplify that, so bit-equality cannot hold across machines.
-# Measured with bench/bench_parity_drift.py (worst of: this machine, one thread, one-ulp noise on every
-# UNet and ControlNet output): init_latents 2.4e-7, final_latents_scaled 5.7e-4 (values up to ~160, so
-# about 4e-6 relative), decoded 4.0e-6; a Xeon with AVX-512 drifted 2.3e-4 on the final latents. Each
-# tolerance is about 4x the worst measured; the decoded one is still 2000x finer than the 1/255 image standard.
-INTERMEDIATE_TOLERANCES = {"init_latents": 1e-6, "final_latents_scaled": 2e-3, "decoded": 2e-5}
+# Max |ours - official| allowed per intermediate, as a fraction of the official tensor's largest |value| (the
+# fixtures' magnitudes differ: SDXL starts from noise times sigma ~15, final latents reach ~280). Another CPU
+# rounds each sum differently by about one ulp and 20-25 steps amplify that, so bit-equality cannot hold across
+# machines. Measured with bench/bench_parity_drift.py (worst of: this machine, one thread, one-ulp noise on
+# every UNet and ControlNet output), relative to each tensor's magnitude: init_latents 1.4e-7, final latents
+# 2.0e-6, decoded 2.3e-6 (a Xeon with AVX-512 drifted 1e-6 on the final latents). Each tolerance is 4-7x the
+# worst measured; the decoded one is still about 400x finer than the 1/255 image standard.
+INTERMEDIATE_TOLERANCES = {"init_latents": 1e-6, "final_latents_scaled": 1e-5, "decoded": 1e-5}
 
 
 def _max_difference(result: Image.Image, expected_path) -> int:
@@ -29,29 +30,34 @@ def _max_difference(result: Image.Image, expected_path) -> int:
     return int(np.abs(got - expected).max())
 
 
-@pytest.mark.parametrize("case", CASES)
+ALL_CASES = CASES + SDXL_CASES
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_python_api_matches_official_output(case, tiny_pipeline):
     data = case_data(case)
     pipeline = tiny_pipeline(data["variant"])
-    assert pipeline.variant == data["variant"]  # detected from the checkpoint itself
+    # family and variant are detected from the checkpoint itself
+    assert pipeline.family == data["family"]
+    assert pipeline.variant == ("pasd_light" if data["variant"] == "pasd_light" else "pasd")
     result = pipeline.upscale(Image.open(data["dir"] / "input.png"), data["settings"])
     assert _max_difference(result, data["dir"] / "expected.png") <= TOLERANCE
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_cli_matches_official_output(case, tmp_path, capsys):
     data = case_data(case)
     output = tmp_path / "out.png"
     flags = []
     for name, value in data["settings"].items():
         flags += ["--" + name.replace("_", "-"), str(value)]
-    code = cli_main(["upscale", str(data["dir"] / "input.png"), "-o", str(output), "--base-model", str(SD15),
+    code = cli_main(["upscale", str(data["dir"] / "input.png"), "-o", str(output), "--base-model", str(data["base"]),
                      "--pasd-model", str(data["checkpoint"]), "--device", "cpu", "--dtype", "fp32", *flags])
     assert code == 0, capsys.readouterr().err
     assert _max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
     """Control image and timesteps exactly; start latents, final latents and decoded image within the measured
     rounding drift (INTERMEDIATE_TOLERANCES), so a real drift is located, not just seen."""
@@ -80,5 +86,6 @@ def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
     np.testing.assert_array_equal(timesteps, np.load(data["dir"] / "timesteps.npy").astype(timesteps.dtype))
     assert set(seen) == set(INTERMEDIATE_TOLERANCES)
     for name, tensor in seen.items():
-        np.testing.assert_allclose(tensor.numpy(), np.load(data["dir"] / f"{name}.npy"), rtol=0,
-                                   atol=INTERMEDIATE_TOLERANCES[name], err_msg=name)
+        official = np.load(data["dir"] / f"{name}.npy")
+        np.testing.assert_allclose(tensor.numpy(), official, rtol=0,
+                                   atol=INTERMEDIATE_TOLERANCES[name] * np.abs(official).max(), err_msg=name)

@@ -18,7 +18,7 @@ from tiny_checkpoints import (
 
 from pasd_core.errors import ModelError
 from pasd_core.models import PASDUNet
-from pasd_core.personalize import apply_lora, apply_personalized_model
+from pasd_core.weights.personalize import apply_lora, apply_personalized_model
 
 
 def pasd_models(variant: str):

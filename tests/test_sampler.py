@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pasd_core.color import adain_color_fix, color_fix, wavelet_color_fix
+from pasd_core.engine.color import adain_color_fix, color_fix, wavelet_color_fix
+from pasd_core.engine.sampler import control_image_for, join_prompt
+from pasd_core.engine.tiling import gaussian_weights, latent_tiles, needs_tiling
 from pasd_core.errors import Interrupted
-from pasd_core.sampler import control_image_for, join_prompt
-from pasd_core.tiling import gaussian_weights, latent_tiles, needs_tiling
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3}
 
@@ -125,7 +125,7 @@ def test_exact_noise_mode_noises_at_the_asked_timestep(tiny_pipeline):
 @pytest.mark.parametrize("dtype", ["bf16"])
 def test_half_precision_runs_close_to_fp32(dtype):
     from conftest import PASD, SD15
-    from pasd_core.pipeline import PASDPipeline
+    from pasd_core.engine.pipeline import PASDPipeline
 
     image = Image.new("RGB", (16, 16), (90, 140, 200))
     full = PASDPipeline.from_pretrained(SD15, PASD, device="cpu", dtype="fp32").upscale(image, QUICK)

@@ -12,7 +12,7 @@ from tiny_checkpoints import original_state_dict, tiny_sd_modules, write_origina
 
 from conftest import SD15
 from pasd_core.errors import ModelError
-from pasd_core.single_file import SD15_CONFIG_DIR, convert_unet_state_dict, load_base_components
+from pasd_core.weights.sd15_file import SD15_CONFIG_DIR, convert_unet_state_dict, load_base_components
 
 
 @pytest.fixture(scope="module")

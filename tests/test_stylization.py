@@ -10,7 +10,7 @@ from tiny_checkpoints import tiny_sd_modules, write_kohya_lora, write_original_s
 
 from conftest import PASD, PASD_LIGHT, SD15
 from pasd_core.__main__ import main
-from pasd_core.pipeline import PASDPipeline
+from pasd_core.engine.pipeline import PASDPipeline
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7}
 IMAGE = Image.new("RGB", (24, 24), (180, 120, 60))
@@ -26,7 +26,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 
 def test_single_file_base_gives_the_same_result_as_its_diffusers_folder(tmp_path, tiny_pipeline):
-    from pasd_core.loading import load_base_folder
+    from pasd_core.weights.bases import load_base_folder
 
     base = load_base_folder(SD15)
     single = write_original_sd_file(tmp_path / "sd15.safetensors", None, base.vae, base.text_encoder)

@@ -16,17 +16,18 @@ _VAE_VALUES_PER_PIXEL = 1000
 _SMALLEST_TILE = 256
 
 
-def vae_tiles_for(device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
-    """(encode, decode) VAE tile sides: the official ones when they fit in half the free GPU memory."""
+def vae_tiles_for(device: torch.device, dtype: torch.dtype,
+                  official: tuple[int, int] = OFFICIAL_VAE_TILES) -> tuple[int, int]:
+    """(encode, decode) VAE tile sides: the family's `official` ones when they fit in half the free GPU memory."""
     if device.type != "cuda":
-        return OFFICIAL_VAE_TILES
+        return official
     free, _ = torch.cuda.mem_get_info(device)
     budget = free / 2
     bytes_per_pixel = _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
-    decode = OFFICIAL_VAE_TILES[1]
+    decode = official[1]
     while decode > _SMALLEST_TILE and decode * decode * bytes_per_pixel > budget:
         decode //= 2
-    return min(OFFICIAL_VAE_TILES[0], decode), decode
+    return min(official[0], decode), decode
 
 
 def halve_tiles(settings: dict, vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 PASD_REPO = "yangtao9009/PASD"
 # runwayml/stable-diffusion-v1-5 was taken down in 2024; this is the maintained copy of the same files

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
 # 8192² px: a 4096² input at ×2 still runs (16 latent tiles); beyond it the control image alone takes

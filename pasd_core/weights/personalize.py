@@ -13,15 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError
-from .params import BY_NAME
-from .single_file import (
-    CLIP_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
-    CheckpointFile,
+from ..errors import ModelError
+from ..params import BY_NAME
+from .reader import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind
+from .sd15_file import (
     check_fits,
-    checkpoint_kind,
     convert_text_encoder_state_dict,
     convert_unet_state_dict,
     convert_vae_state_dict,

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..image_io import as_rgb
+from ..params import SAMPLER_PARAMS, for_family, validate
 from . import memory
-from .image_io import as_rgb
-from .params import SAMPLER_PARAMS, validate
+from .family import FAMILIES
 from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
 from .work_limits import check_planned_work
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class PASDPipeline:
-    """A loaded PASD model (UNet, ControlNet, SD1.5 text encoder, VAE, scheduler) on one device."""
+    """A loaded PASD model (UNet, ControlNet, the base's text encoder(s) and VAE, scheduler) on one device."""
 
     def __init__(self, models: SamplerModels, variant: str) -> None:
         self.models = models
@@ -36,35 +37,44 @@ class PASDPipeline:
                         style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
                         device: str = "auto", dtype: str = "auto",
                         base_config: str | Path | None = None) -> "PASDPipeline":
-        """Load an official PASD checkpoint folder on an SD1.5 base, optionally personalized.
+        """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
+        of the same family, optionally personalized.
 
-        `base_config` only matters for a single-file base of another architecture than SD1.5's (tests).
+        `base_config` only matters for a single-file base of another architecture than the shipped configs' (tests).
         """
-        from diffusers import UniPCMultistepScheduler
+        from ..model_family import family_of
+        from ..weights.bases import check_compatible, load_base
+        from ..weights.pasd_folder import load_pasd_checkpoint
+        from .device import resolve_device, resolve_dtype
 
-        from . import loading
-
-        torch_device = loading.resolve_device(device)
-        torch_dtype = loading.resolve_dtype(dtype, torch_device)
-        unet, controlnet = loading.load_pasd_checkpoint(pasd_model)
-        base = loading.load_base(base_model, base_config)
-        loading.check_compatible(base, unet, Path(base_model))
+        torch_device = resolve_device(device)
+        unet, controlnet = load_pasd_checkpoint(pasd_model)
+        family = FAMILIES[family_of(unet.config)]
+        torch_dtype = resolve_dtype(dtype, torch_device, family.name)
+        base = load_base(base_model, family.name, base_config)
+        check_compatible(base, unet, Path(base_model))
+        scheduler = family.make_scheduler(base, Path(pasd_model))
         text_encoder, vae = base.text_encoder, base.vae
         if style_model is not None:
-            from .personalize import apply_personalized_model
+            from ..weights.personalize import apply_personalized_model
 
             unet, vae, text_encoder = apply_personalized_model(unet, vae, text_encoder, style_model, style_strength)
         if lora is not None:
-            from .personalize import apply_lora
+            from ..weights.personalize import apply_lora
 
             apply_lora(unet, text_encoder, lora, lora_strength)
         models = SamplerModels(
             tokenizer=base.tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet,
-            scheduler=UniPCMultistepScheduler.from_config(base.scheduler_config),
-            device=torch.device("cpu"), dtype=torch_dtype,
+            scheduler=scheduler, device=torch.device("cpu"), dtype=torch_dtype, family=family,
+            tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
         )
         pipeline = cls(models, unet.variant)
         return pipeline.to(torch_device)
+
+    @property
+    def family(self) -> str:
+        """"sd15" or "sdxl": the PASD checkpoint's model family."""
+        return self.models.family.name
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +82,8 @@ class PASDPipeline:
 
     def _modules(self) -> list[torch.nn.Module]:
         m = self.models
-        return [m.text_encoder, m.vae, m.unet, m.controlnet]
+        return [module for module in (m.text_encoder, m.text_encoder_2, m.vae, m.unet, m.controlnet)
+                if module is not None]
 
     def to(self, device: str | torch.device) -> "PASDPipeline":
         device = torch.device(device)
@@ -88,17 +99,21 @@ class PASDPipeline:
             module.to("cpu")
         memory.release(self.models.device)
 
+    def settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` checked against the shared table, with `auto` defaults resolved for this model's family."""
+        return for_family(validate(values, SAMPLER_PARAMS), self.family)
+
     def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""
-        return self._sampler.count_steps(width, height, validate(settings, SAMPLER_PARAMS))
+        return self._sampler.count_steps(width, height, self.settings(settings))
 
     def upscale(self, image: Image.Image, settings: Mapping[str, Any] | None = None, *,
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Image.Image:
         """Super-resolve (or stylize) one image; `settings` are checked against the shared table."""
-        settings = validate(settings or {}, SAMPLER_PARAMS)
+        settings = self.settings(settings or {})
         image = as_rgb(image)
         check_planned_work(image.width, image.height, settings)
-        self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype)
+        self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype, self.models.family.vae_tiles)
         while True:
             try:
                 return self._sampler.run(image, settings, on_step=on_step, should_stop=should_stop)

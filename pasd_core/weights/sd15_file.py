@@ -7,7 +7,7 @@ converters (`diffusers.loaders.single_file_utils`; tested with diffusers 0.27.0 
 transformers 4.40 and 5.23).
 
 `load_base_components` builds what PASD takes from the base model (text encoder, tokenizer, VAE,
-scheduler config) from the SD1.5 config files shipped in `pasd_core/sd15/` (those of
+scheduler config) from the SD1.5 config files shipped in `pasd_core/weights/sd15/` (those of
 runwayml/stable-diffusion-v1-5, as the official PASD repository keeps them in checkpoints/; the
 tokenizer is CLIP ViT-L/14's BPE), so nothing is fetched.
 """
@@ -15,113 +15,20 @@ tokenizer is CLIP ViT-L/14's BPE), so nothing is fetched.
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
+from ..model_family import SD15
+from .base_model import BaseModel
+from .reader import CLIP_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind, read_config
 
 logger = logging.getLogger(__name__)
 
 SD15_CONFIG_DIR = Path(__file__).with_name("sd15")
-
-# Key prefixes of the original (CompVis/LDM) layout.
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-@dataclass
-class BaseComponents:
-    """What PASD takes from an SD1.5 base model."""
-
-    text_encoder: Any  # transformers.CLIPTextModel
-    tokenizer: Any  # transformers.CLIPTokenizer
-    vae: Any  # diffusers.AutoencoderKL
-    scheduler_config: dict
-
-
-class CheckpointFile:
-    """One checkpoint file: its key names at once, its tensors on demand (safetensors reads lazily)."""
-
-    def __init__(self, path: str | Path, what: str = "checkpoint file") -> None:
-        from .loading import check_path  # here, not at the top: loading imports this module
-
-        self.path = Path(path)
-        if os.path.isdir(self.path):
-            raise ModelError(f"{what} {self.path} is a folder: give a single-file checkpoint (.safetensors) here.")
-        check_path(self.path, what, folder=False, fix="give a single-file checkpoint (.safetensors) here.")
-        suffix = self.path.suffix.lower()
-        self._loaded: dict[str, torch.Tensor] | None = None
-        if suffix == ".safetensors":
-            self.keys = self._safetensors_call(lambda handle: list(handle.keys()))
-        elif suffix in PICKLE_SUFFIXES:
-            self._loaded = self._load_pickled()
-            self.keys = list(self._loaded)
-        else:
-            raise ModelError(f"{self.path} is not a checkpoint file: expected .safetensors (or .ckpt/.pt), "
-                             f"got '{suffix or 'no extension'}'.")
-
-    def tensors(self, prefixes: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """The tensors whose keys start with one of `prefixes` (all of them without)."""
-        wanted = [k for k in self.keys if prefixes is None or k.startswith(tuple(prefixes))]
-        if self._loaded is not None:
-            return {k: self._loaded[k] for k in wanted}
-        return self._safetensors_call(lambda handle: {k: handle.get_tensor(k) for k in wanted})
-
-    def _safetensors_call(self, read: Any) -> Any:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
-                return read(handle)
-        except Exception as error:  # safetensors raises its own SafetensorError, OSError, ValueError
-            raise ModelError(f"{self.path} is not a readable .safetensors file ({error}); it is probably "
-                             "damaged or an incomplete download: download it again.") from None
-
-    def _load_pickled(self) -> dict[str, torch.Tensor]:
-        try:
-            data = torch.load(str(self.path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # weights_only refuses anything but tensors and plain containers: unpickling the rest
-            # could run arbitrary code (the official PASD loader would), so we never do.
-            raise ModelError(f"{self.path} contains Python objects besides weights and was not loaded, "
-                             "because unpickling them could run code: use a .safetensors version of this "
-                             "model.") from None
-        except Exception as error:  # torch raises RuntimeError/EOFError/... for a damaged archive
-            raise ModelError(f"{self.path} could not be read ({type(error).__name__}: {error}); it is "
-                             "probably damaged or an incomplete download: download it again.") from None
-        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-            data = data["state_dict"]  # Lightning-style .ckpt, as the official loader expects
-        if not isinstance(data, dict):
-            raise ModelError(f"{self.path} holds a {type(data).__name__}, not a dictionary of weights.")
-        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-
-
-def checkpoint_kind(keys: Iterable[str]) -> str:
-    """'sd1', 'sdxl', 'sd2', 'lora', 'diffusers' or 'unknown', from the key names alone."""
-    keys = list(keys)
-
-    def has(*prefixes: str) -> bool:
-        return any(k.startswith(prefixes) for k in keys)
-
-    if has("conditioner.embedders."):
-        return "sdxl"
-    if has("cond_stage_model.model."):  # OpenCLIP text encoder
-        return "sd2"
-    if has("lora_unet_", "lora_te"):
-        return "lora"
-    if has(UNET_PREFIX + "input_blocks.", CLIP_PREFIX, VAE_PREFIX):
-        return "sd1"
-    if has("down_blocks.", "encoder.down_blocks.", "text_model.", "unet.", "vae."):
-        return "diffusers"
-    return "unknown"
 
 
 def require_sd15(checkpoint: CheckpointFile, needs: Mapping[str, str]) -> None:
@@ -222,16 +129,14 @@ def _shape_hint(key: str) -> str:
 
 
 def load_base_components(path: str | Path, config_dir: str | Path | None = None,
-                         dtype: torch.dtype = torch.float32) -> BaseComponents:
+                         dtype: torch.dtype = torch.float32) -> BaseModel:
     """Text encoder, tokenizer, VAE and scheduler config of an SD1.5 single-file checkpoint, offline.
 
     `config_dir` holds `text_encoder/`, `vae/`, `tokenizer/`, `scheduler/` as in a diffusers SD1.5
-    folder (default: the copy shipped in `pasd_core/sd15/`). Only the CLIP and VAE tensors are read.
+    folder (default: the copy shipped in `pasd_core/weights/sd15/`). Only the CLIP and VAE tensors are read.
     """
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from .loading import read_config  # here, not at the top: loading imports this module
 
     config_dir = Path(config_dir) if config_dir is not None else SD15_CONFIG_DIR
     checkpoint = CheckpointFile(path, "SD1.5 base model")
@@ -264,5 +169,5 @@ def load_base_components(path: str | Path, config_dir: str | Path | None = None,
         raise ModelError(f"cannot load the CLIP tokenizer from {config_dir / 'tokenizer'}: {error}") from None
     scheduler_config = read_config(config_dir / "scheduler" / "scheduler_config.json")
     logger.info("loaded the SD1.5 text encoder and VAE from %s", checkpoint.path)
-    return BaseComponents(text_encoder=text_encoder.to(dtype).eval().requires_grad_(False), tokenizer=tokenizer,
-                          vae=vae.eval().requires_grad_(False), scheduler_config=scheduler_config)
+    return BaseModel(SD15, tokenizer=tokenizer, text_encoder=text_encoder.to(dtype).eval().requires_grad_(False),
+                     vae=vae.eval().requires_grad_(False), scheduler_config=scheduler_config)

@@ -9,14 +9,18 @@ tests/fixtures/pasd_official_tiny/README.md (SD1.5) and ../shared/fixtures/pasd_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .sampler import SamplerModels
+from ..errors import ModelError
+from ..model_family import SD15, SDXL
+from ..weights.reader import read_config
 
-SD15, SDXL = "sd15", "sdxl"
+if TYPE_CHECKING:
+    from ..weights.base_model import BaseModel
+    from .sampler import SamplerModels
 
 
 @dataclass
@@ -51,6 +55,13 @@ class SD15Family:
     """PASD on Stable Diffusion 1.5: one CLIP encoder, start latents from the noised VAE encoding."""
 
     name = SD15
+    vae_tiles = (1024, 1792)  # test_pasd.py tiles its VAE above these sizes: encoder 1024 px, decoder 224 latents
+
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
+        """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it."""
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler.from_config(base.scheduler_config)
 
     @torch.no_grad()
     def encode_text(self, m: SamplerModels, prompt: str, negative_prompt: str, guided: bool,
@@ -85,6 +96,20 @@ class SDXLFamily:
     """PASD on SDXL: two CLIP encoders (penultimate states + pooled), time ids, a pure-noise start."""
 
     name = SDXL
+    # test_pasd_sdxl.py never tiles its VAE (and never encodes): untiled up to 2048 px a side, which covers the
+    # official ×2 of a 1024 px input; beyond that the decoder works in tiles so memory stays bounded.
+    vae_tiles = (1024, 2048)
+
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
+        """Euler from the PASD-SDXL checkpoint's own scheduler/ folder, which test_pasd_sdxl.py uses instead of the
+        base's."""
+        from diffusers import EulerDiscreteScheduler
+
+        path = pasd_folder / "scheduler" / "scheduler_config.json"
+        if not path.is_file():
+            raise ModelError(f"PASD-SDXL checkpoint {pasd_folder} has no {path.relative_to(pasd_folder)}: the "
+                             "published checkpoint folder holds unet/, controlnet/ and scheduler/; download it again.")
+        return EulerDiscreteScheduler.from_config(read_config(path))
 
     @torch.no_grad()
     def encode_text(self, m: SamplerModels, prompt: str, negative_prompt: str, guided: bool,
@@ -120,8 +145,3 @@ class SDXLFamily:
 
 
 FAMILIES = {SD15: SD15Family(), SDXL: SDXLFamily()}
-
-
-def family_of(unet_config: Any) -> str:
-    """SDXL UNets take pooled text and time ids as an added embedding ("text_time"); SD1.5 UNets take none."""
-    return SDXL if unet_config.get("addition_embed_type") == "text_time" else SD15

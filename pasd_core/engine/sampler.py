@@ -18,14 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import Interrupted
+from ..model_family import SD15
 from .color import color_fix
-from .errors import Interrupted
-from .family import FAMILIES, SD15, TextConditioning
+from .family import FAMILIES, TextConditioning
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
 from .work_limits import LATENT_FACTOR, denoising_calls, enlarged_size, latent_multiple
 
-# official test_pasd.py runs its VAE untiled up to these sizes (encoder tile 1024 px, decoder tile 224 latents)
-OFFICIAL_VAE_TILES = (1024, 224 * LATENT_FACTOR)
+# the SD1.5 family's VAE tile sizes (test_pasd.py's), the default of a SamplerModels
+OFFICIAL_VAE_TILES = FAMILIES[SD15].vae_tiles
 
 
 def control_image_for(image: Image.Image, scale: int, process_size: int) -> Image.Image:

@@ -1,0 +1,108 @@
+"""The base model a PASD checkpoint sits on: a diffusers folder or an original single file, SD1.5 or SDXL.
+
+The family is the PASD checkpoint's (read from its UNet config); the base must be of the same family,
+checked from its layout before anything is loaded, so a wrong mix gets a message, not a shape error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ModelError
+from ..model_family import LABELS, SD15, SDXL
+from .base_model import BaseModel
+from .reader import CHECKPOINT_SUFFIXES, check_path, read_config, read_weights
+
+# What PASD reads from a diffusers base folder of each family (SDXL's scheduler comes with PASD-SDXL).
+FOLDER_PARTS = {SD15: ("text_encoder", "tokenizer", "vae", "scheduler"),
+                SDXL: ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")}
+EXAMPLES = {SD15: "stable-diffusion-v1-5", SDXL: "stable-diffusion-xl-base-1.0"}
+
+
+def _what(family: str) -> str:
+    return f"{LABELS[family]} base model"
+
+
+def _wrong_family(path: Path, found: str, family: str) -> ModelError:
+    other = SD15 if family == SDXL else SDXL
+    pasd = "PASD-SDXL (pasd_sdxl)" if other == SDXL else "the SD1.5 PASD models (pasd, pasd_light)"
+    return ModelError(f"{path} is an {LABELS[found]} base, but this PASD checkpoint is PASD-{LABELS[family]}: give "
+                      f"an {LABELS[family]} base (e.g. {EXAMPLES[family]}), or use {pasd} with this base.")
+
+
+def folder_family(folder: Path) -> str | None:
+    """SD1.5 or SDXL from a diffusers folder's layout (SDXL has a second text encoder); None if neither."""
+    if (folder / "text_encoder_2").is_dir():
+        return SDXL
+    return SD15 if (folder / "text_encoder").is_dir() else None
+
+
+def load_base_folder(folder: Path, family: str = SD15) -> BaseModel:
+    """A diffusers base folder of `family`, read offline."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    found = folder_family(folder)
+    if found is not None and found != family:
+        raise _wrong_family(folder, found, family)
+    missing = [name for name in FOLDER_PARTS[family] if not (folder / name).is_dir()]
+    if missing:
+        files = [name for name in missing if (folder / name).exists()]
+        note = f" ({', '.join(files)}: a file, not a folder)" if files else ""
+        raise ModelError(f"{folder} is not an {LABELS[family]} diffusers folder: missing {', '.join(missing)}/{note} "
+                         f"(PASD needs {', '.join(FOLDER_PARTS[family])} from {EXAMPLES[family]}).")
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        for weights in list((folder / part).glob("*.safetensors")):
+            read_weights(weights)  # a damaged file gets a message naming it, not a loader traceback
+    try:
+        def tokenizer(name: str) -> CLIPTokenizer:
+            return CLIPTokenizer.from_pretrained(str(folder / name), local_files_only=True)
+
+        def encoder(model_class: type, name: str) -> object:
+            model = model_class.from_pretrained(str(folder / name), local_files_only=True, use_safetensors=True)
+            return model.eval().requires_grad_(False)
+
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True,
+                                            low_cpu_mem_usage=False).eval().requires_grad_(False)
+        if family == SDXL:
+            return BaseModel(SDXL, tokenizer("tokenizer"), encoder(CLIPTextModel, "text_encoder"), vae,
+                             tokenizer_2=tokenizer("tokenizer_2"),
+                             text_encoder_2=encoder(CLIPTextModelWithProjection, "text_encoder_2"))
+        scheduler_config = read_config(folder / "scheduler" / "scheduler_config.json")
+        return BaseModel(SD15, tokenizer("tokenizer"), encoder(CLIPTextModel, "text_encoder"), vae, scheduler_config)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load the {_what(family)} from {folder}: {error}") from None
+
+
+def load_base(path: str | Path, family: str = SD15, config_dir: str | Path | None = None) -> BaseModel:
+    """The base of a PASD checkpoint of `family`: a diffusers folder, or an original-layout single file
+    (configs from `config_dir`, by default the ones shipped in weights/sd15 or weights/sdxl)."""
+    path = Path(path)
+    fix = f"give a {EXAMPLES[family]} diffusers folder or a single .safetensors checkpoint."
+    named_like_a_file = path.suffix.lower() in CHECKPOINT_SUFFIXES and not os.path.isdir(path / "text_encoder")
+    if os.path.isdir(path) and named_like_a_file:
+        raise ModelError(f"{_what(family)} {path} is a folder, though its name ends in {path.suffix}: give the "
+                         "checkpoint file itself, or a diffusers folder.")
+    if os.path.isdir(path):
+        check_path(path, _what(family), folder=True, fix=fix)
+        return load_base_folder(path, family)
+    check_path(path, _what(family), folder=False, fix=fix)
+    if family == SDXL:
+        from .sdxl_file import load_sdxl_base_components
+
+        return load_sdxl_base_components(path, config_dir)
+    from .sd15_file import load_base_components
+
+    return load_base_components(path, config_dir)
+
+
+def check_compatible(base: BaseModel, unet: object, base_path: Path) -> None:
+    """The base's text width must be what the PASD UNet attends to (the text encoders concatenated for SDXL)."""
+    width = base.text_encoder.config.hidden_size
+    if base.text_encoder_2 is not None:
+        width += base.text_encoder_2.config.hidden_size
+    expected = unet.config.cross_attention_dim
+    if width != expected:
+        raise ModelError(f"{base_path} has a {width}-wide text encoder but the PASD UNet expects {expected}: this "
+                         f"PASD checkpoint needs an {LABELS[base.family]} base of the same architecture.")
