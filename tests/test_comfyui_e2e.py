@@ -2,8 +2,9 @@
 results equal the engine's own (and the official output), the fal workflow runs against the stub, and
 the cancel button interrupts a run between steps.
 
-Enable with COMFYUI_DIR=<a ComfyUI checkout> and COMFYUI_PYTHON=<its interpreter, with this pack's
-requirements installed> (default: this interpreter); see the README's "End-to-end tests" section.
+Enable with COMFYUI_DIR=<a ComfyUI folder> and COMFYUI_PYTHON=<its interpreter, with this pack's
+requirements installed> (default: this interpreter); the README's "Tests" section shows how to make both
+from the shared ComfyUI tarball, and `.ci/run` does it. Without them these tests skip, or fail when CI is set.
 """
 
 from __future__ import annotations
@@ -32,18 +33,25 @@ from comfy_fixtures import (
     ui_workflows,
     widget_slots,
 )
-from comfyui_server import Chromium, ComfyUIServer, frontend_prompts, interrupted_message, run_engine_directly
+from comfyui_server import (
+    Chromium,
+    ComfyUIServer,
+    frontend_prompts,
+    interrupted_message,
+    require,
+    run_engine_directly,
+)
 from fal_stub import FalStub
 from PIL import Image
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="end-to-end tests need a ComfyUI: set COMFYUI_DIR=/path/to/ComfyUI "
-                                               "and COMFYUI_PYTHON=/path/to/its/python (README: End-to-end tests)"),
-]
+SETUP = ("unpack ../shared/comfyui/ComfyUI-0.3.64-a125cd84.tar.gz and build its venv as the README's \"Tests\" "
+         "section shows (or run .ci/run), then set COMFYUI_DIR=<the unpacked ComfyUI folder> and "
+         "COMFYUI_PYTHON=<that venv's python>")
+
+pytestmark = pytest.mark.e2e
 
 pack = load_pack()
 table = pack_module("pasd_core.params")
@@ -53,6 +61,16 @@ PASD = str(CHECKPOINTS / "pasd" / "checkpoint-100000")
 PASD_LIGHT = str(CHECKPOINTS / "pasd_light" / "checkpoint-120000")
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
 FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def comfyui_prerequisites() -> None:
+    """Module-scoped so that it runs before the module-scoped server starts."""
+    require(COMFYUI_DIR, "a ComfyUI (COMFYUI_DIR is not set)", SETUP)
+    require((Path(COMFYUI_DIR) / "main.py").is_file(), f"a ComfyUI folder (no main.py in COMFYUI_DIR={COMFYUI_DIR})",
+            SETUP)
+    require(os.access(COMFYUI_PYTHON, os.X_OK), f"ComfyUI's Python (COMFYUI_PYTHON={COMFYUI_PYTHON} is not a "
+            "program)", SETUP)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +194,8 @@ print(json.dumps(out))
             assert options.items() <= v3_options.items()
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="the front-end check needs Chromium: apt-get install chromium")
 def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path):
+    require(shutil.which("chromium"), "Chromium for the front-end check", "apt-get install -y chromium")
     with Chromium(shutil.which("chromium"), tmp_path / "profile") as chromium:
         loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, ui_workflows(),
                                   str(tmp_path / "{name}.png"))
