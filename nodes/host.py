@@ -178,16 +178,16 @@ def preferred_dtype(device: str) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, "auto")
 
 
-def free_memory() -> None:
-    """Ask ComfyUI to unload its own models and release cached VRAM before a big allocation."""
+def free_memory(bytes_needed: int, device: str) -> None:
+    """Make room for `bytes_needed` on `device` before a big allocation, as core nodes do: ComfyUI offloads only
+    as many of its least recently used models as that takes (never all of them), then returns cached blocks."""
     model_management = _comfy("comfy.model_management")
-    if model_management is not None:
-        model_management.unload_all_models()
-        model_management.soft_empty_cache()
-        return
     import torch
 
-    if torch.cuda.is_available():
+    if model_management is not None:
+        model_management.free_memory(bytes_needed, torch.device(device))
+        return
+    if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
 
 

@@ -71,10 +71,10 @@ class PASDModelLoader(DeclaredNode):
                  optional_path("loras", lora, "lora"))
         from ..pasd_core.engine.pipeline import PASDPipeline
 
-        host.free_memory()
         pipeline = PASDPipeline.from_pretrained(
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
             lora=paths[3], lora_strength=settings["lora_strength"], device=device, dtype=dtype,
+            make_room=host.free_memory,
         )
         return (pipeline,)
 
@@ -95,7 +95,7 @@ class PASDUpscale(DeclaredNode):
         image = images.checked(image)
         check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
         inputs = images.to_pil(image)
-        host.free_memory()
+        host.free_memory(pipeline.memory_required(), str(pipeline.device))
         pipeline.to(pipeline.device)
         total = len(inputs) * pipeline.count_steps(*inputs[0].size, settings)
         host.log.info("PASD: upscaling %d image(s) of %d×%d by %d, %d denoising steps in all", len(inputs),

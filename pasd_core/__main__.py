@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "scheduler/)")
     up.add_argument("--style-model", help="personalized SD1.5 .safetensors for stylization")
     up.add_argument("--lora", help="kohya-style LoRA .safetensors")
+    up.add_argument("--vae", help="replacement VAE: diffusers folder or .safetensors (e.g. the fp16-fix SDXL VAE, "
+                                  "madebyollin/sdxl-vae-fp16-fix, which the official SDXL script uses in fp16)")
     add_cli_flags(up, SAMPLER_PARAMS)
     add_cli_flags(up, LOADER_PARAMS)
     up.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -142,7 +144,8 @@ def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], l
 
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
-        lora=args.lora, lora_strength=loader["lora_strength"], device=loader["device"], dtype=loader["dtype"],
+        lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, device=loader["device"],
+        dtype=loader["dtype"],
     )
     with tqdm(total=pipeline.count_steps(image.width, image.height, settings), desc="PASD", unit="step") as bar:
         return pipeline.upscale(image, settings, on_step=bar.update)
@@ -153,7 +156,8 @@ def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
     local_only = [p.flag for p in SAMPLER_PARAMS + LOADER_PARAMS if p.scope != SHARED
                   and getattr(args, p.name) is not None]
     local_only += [flag for flag, value in (("--base-model", args.base_model), ("--pasd-model", args.pasd_model),
-                                            ("--style-model", args.style_model), ("--lora", args.lora)) if value]
+                                            ("--style-model", args.style_model), ("--lora", args.lora),
+                                            ("--vae", args.vae)) if value]
     if local_only:
         raise InputImageError(f"{', '.join(local_only)} only apply to local runs; fal-ai/pasd accepts "
                               f"{', '.join(p.flag for p in REMOTE_PARAMS)}.")

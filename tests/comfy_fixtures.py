@@ -128,7 +128,9 @@ class FakeComfyUI:
         module.get_torch_device = lambda: torch.device(self.device)
         module.unet_offload_device = lambda: torch.device(self.device if self.high_vram else "cpu")
         module.unet_dtype = lambda device=None, supported_dtypes=(): torch.float32
-        module.unload_all_models = record("unload_all_models")
+        # free_memory only: no unload_all_models here, so a call to it (which evicts the user's graph) fails a test
+        module.free_memory = lambda memory_required, device, keep_loaded=(): self.calls.append(
+            ("free_memory", memory_required, str(device)))
         module.soft_empty_cache = record("soft_empty_cache")
         module.processing_interrupted = lambda: self.interrupt
         module.interrupt_current_processing = interrupt_current_processing
@@ -164,6 +166,7 @@ class FakePipeline:
 
         self.device = torch.device("cpu")
         self.family = "sd15"  # a PASD-SD1.5 model: `auto` settings resolve to test_pasd.py's defaults
+        self.required = 123_456_789  # what memory_required() reports
         self.steps, self.sizes = steps, sizes
         self.settings: list[dict] = []
         self.events: list[str] = []
@@ -171,6 +174,9 @@ class FakePipeline:
     def to(self, device):
         self.events.append(f"to {device}")
         return self
+
+    def memory_required(self) -> int:
+        return self.required
 
     def offload(self) -> None:
         self.events.append("offload")

@@ -57,6 +57,9 @@ class SD15Family:
     name = SD15
     vae_tiles = (1024, 1792)  # test_pasd.py tiles its VAE above these sizes: encoder 1024 px, decoder 224 latents
 
+    def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
+        return dtype  # SD1.5's VAE runs in fp16 as the official script runs it
+
     def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
         """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it."""
         from diffusers import UniPCMultistepScheduler
@@ -79,7 +82,8 @@ class SD15Family:
         from diffusers.utils.torch_utils import randn_tensor
 
         scheduler, vae = m.scheduler, m.vae
-        latents = vae.encode(control * 2.0 - 1.0).latent_dist.sample(generator) * vae.config.scaling_factor
+        posterior = vae.encode((control * 2.0 - 1.0).to(vae.dtype)).latent_dist
+        latents = (posterior.sample(generator) * vae.config.scaling_factor).to(m.dtype)
         n1 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)
         latents = scheduler.add_noise(latents, n1, scheduler.timesteps[:1])
         n2 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)
@@ -99,6 +103,11 @@ class SDXLFamily:
     # test_pasd_sdxl.py never tiles its VAE (and never encodes): untiled up to 2048 px a side, which covers the
     # official ×2 of a 1024 px input; beyond that the decoder works in tiles so memory stays bounded.
     vae_tiles = (1024, 2048)
+
+    def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
+        """SDXL's own VAE overflows in fp16 (its config says force_upcast): it then runs in fp32, as diffusers'
+        SDXL pipelines do; the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix, force_upcast false) stays in fp16."""
+        return torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
 
     def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
         """Euler from the PASD-SDXL checkpoint's own scheduler/ folder, which test_pasd_sdxl.py uses instead of the

@@ -23,11 +23,15 @@ def vae_tiles_for(device: torch.device, dtype: torch.dtype,
         return official
     free, _ = torch.cuda.mem_get_info(device)
     budget = free / 2
-    bytes_per_pixel = _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
     decode = official[1]
-    while decode > _SMALLEST_TILE and decode * decode * bytes_per_pixel > budget:
+    while decode > _SMALLEST_TILE and vae_peak_bytes(decode, dtype) > budget:
         decode //= 2
     return min(official[0], decode), decode
+
+
+def vae_peak_bytes(tile: int, dtype: torch.dtype) -> int:
+    """The VAE decoder's peak on a tile of `tile`² pixels."""
+    return tile * tile * _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
 
 
 def halve_tiles(settings: dict, vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:

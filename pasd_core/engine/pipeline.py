@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,18 @@ class PASDPipeline:
     @classmethod
     def from_pretrained(cls, base_model: str | Path, pasd_model: str | Path, *, style_model: str | Path | None = None,
                         style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
-                        device: str = "auto", dtype: str = "auto",
-                        base_config: str | Path | None = None) -> "PASDPipeline":
+                        vae: str | Path | None = None,
+                        device: str = "auto", dtype: str = "auto", base_config: str | Path | None = None,
+                        make_room: Callable[[int, str], None] | None = None) -> "PASDPipeline":
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
         of the same family, optionally personalized.
 
         `base_config` only matters for a single-file base of another architecture than the shipped configs' (tests).
+        `vae` replaces the base's VAE (e.g. the fp16-fix SDXL VAE that the official SDXL script uses in fp16).
+        `make_room(bytes, device)` is called before the weights move to a GPU (ComfyUI's free_memory).
         """
         from ..model_family import family_of
-        from ..weights.bases import check_compatible, load_base
+        from ..weights.bases import check_compatible, load_base, load_vae
         from ..weights.pasd_folder import load_pasd_checkpoint
         from .device import resolve_device, resolve_dtype
 
@@ -54,6 +57,8 @@ class PASDPipeline:
         base = load_base(base_model, family.name, base_config)
         check_compatible(base, unet, Path(base_model))
         scheduler = family.make_scheduler(base, Path(pasd_model))
+        # read and checked before any model changes
+        replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
         text_encoder, vae = base.text_encoder, base.vae
         if style_model is not None:
             from ..weights.personalize import apply_personalized_model
@@ -63,12 +68,16 @@ class PASDPipeline:
             from ..weights.personalize import apply_lora
 
             apply_lora(unet, text_encoder, lora, lora_strength)
+        if replacement_vae is not None:
+            vae = replacement_vae
         models = SamplerModels(
             tokenizer=base.tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet,
             scheduler=scheduler, device=torch.device("cpu"), dtype=torch_dtype, family=family,
             tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
         )
         pipeline = cls(models, unet.variant)
+        if make_room is not None and torch_device.type != "cpu":
+            make_room(pipeline.weight_bytes(), str(torch_device))
         return pipeline.to(torch_device)
 
     @property
@@ -87,11 +96,23 @@ class PASDPipeline:
 
     def to(self, device: str | torch.device) -> "PASDPipeline":
         device = torch.device(device)
+        m = self.models
         for module in self._modules():
+            dtype = m.family.vae_dtype(m.vae, m.dtype) if module is m.vae else m.dtype
             # plain nn.Module.to: diffusers' override warns about fp32-only modules these models do not have
-            torch.nn.Module.to(module, device=device, dtype=self.models.dtype)
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         self.models.device = device
         return self
+
+    def weight_bytes(self) -> int:
+        """Bytes the weights take on the device, in the run's dtype."""
+        size = torch.finfo(self.models.dtype).bits // 8
+        return sum(p.numel() for module in self._modules() for p in module.parameters()) * size
+
+    def memory_required(self) -> int:
+        """Bytes a run needs on the device: the weights plus the VAE's peak on one tile (the largest activation)."""
+        tiles = memory.vae_tiles_for(torch.device("cpu"), self.models.dtype, self.models.family.vae_tiles)
+        return self.weight_bytes() + memory.vae_peak_bytes(tiles[1], self.models.dtype)
 
     def offload(self) -> None:
         """Move the weights to CPU (free GPU memory between runs)."""

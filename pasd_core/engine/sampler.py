@@ -158,7 +158,7 @@ class PASDSampler:
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.m.vae
         self._tile_vae(self.m.vae_tiles[1])
-        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
         image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
         return Image.fromarray((image * 255).round().astype("uint8"))
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..errors import ModelError
 from ..model_family import LABELS, SD15, SDXL
 from .base_model import BaseModel
-from .reader import CHECKPOINT_SUFFIXES, check_path, read_config, read_weights
+from .reader import CHECKPOINT_SUFFIXES, VAE_PREFIX, CheckpointFile, check_path, read_config, read_weights
 
 # What PASD reads from a diffusers base folder of each family (SDXL's scheduler comes with PASD-SDXL).
 FOLDER_PARTS = {SD15: ("text_encoder", "tokenizer", "vae", "scheduler"),
@@ -106,3 +108,36 @@ def check_compatible(base: BaseModel, unet: object, base_path: Path) -> None:
     if width != expected:
         raise ModelError(f"{base_path} has a {width}-wide text encoder but the PASD UNet expects {expected}: this "
                          f"PASD checkpoint needs an {LABELS[base.family]} base of the same architecture.")
+
+
+def load_vae(path: str | Path, family: str, config_dir: str | Path | None = None) -> object:
+    """A replacement VAE: a diffusers VAE folder (config.json + weights), or a single .safetensors file in the
+    diffusers or the original layout (architecture from `config_dir`/vae, by default the family's shipped one)."""
+    from diffusers import AutoencoderKL
+
+    from .sd15_file import SD15_CONFIG_DIR, check_fits, convert_vae_state_dict
+    from .sdxl_file import SDXL_CONFIG_DIR
+
+    path = Path(path)
+    fix = "give a diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors) or a .safetensors file."
+    if os.path.isdir(path):
+        check_path(path / "config.json", "VAE config", folder=False, fix=fix)
+        for weights in path.glob("*.safetensors"):
+            read_weights(weights, "VAE weight file")  # a damaged file gets a message naming it
+        try:
+            vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                low_cpu_mem_usage=False)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load the VAE from {path}: {error}") from None
+        return vae.eval().requires_grad_(False)
+    checkpoint = CheckpointFile(path, "VAE file")
+    config_dir = Path(config_dir) if config_dir is not None else SDXL_CONFIG_DIR if family == SDXL else SD15_CONFIG_DIR
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(read_config(config_dir / "vae" / "config.json"))
+    state = checkpoint.tensors()
+    if not any(key.startswith("encoder.down_blocks.") for key in state):  # original layout, with or without prefix
+        state = convert_vae_state_dict({k if k.startswith(VAE_PREFIX) else VAE_PREFIX + k: v for k, v in state.items()},
+                                       vae.config)
+    check_fits(vae, state, checkpoint.path, "VAE", family=LABELS[family])
+    vae.load_state_dict(state, strict=False, assign=True)
+    return vae.eval().requires_grad_(False)

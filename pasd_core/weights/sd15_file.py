@@ -102,7 +102,7 @@ def convert_text_encoder_state_dict(state: Mapping[str, torch.Tensor],
 
 
 def check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path, part: str,
-               required: Iterable[str] | None = None) -> None:
+               required: Iterable[str] | None = None, family: str = "SD1.5") -> None:
     """Raise ModelError naming the first weight whose shape differs, or the `required` keys absent from `state`.
 
     `required` defaults to every weight of `model` (its non-persistent buffers are not in its state dict).
@@ -111,7 +111,7 @@ def check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
             raise ModelError(f"{source} does not fit: its {part} weight {key} has shape {tuple(tensor.shape)} "
-                             f"where PASD's SD1.5 {part} has {tuple(expected[key].shape)}{_shape_hint(key)}.")
+                             f"where PASD's {family} {part} has {tuple(expected[key].shape)}{_shape_hint(key)}.")
     # position_ids: a buffer that older transformers saved and loaders rebuild (see the text-encoder converter)
     missing = [k for k in (expected if required is None else required)
                if k not in state and not k.endswith("position_ids")]
