@@ -105,3 +105,28 @@ def test_an_sd15_single_file_is_refused_as_an_sdxl_base(tmp_path, capsys):
     sd15_file = write_original_sd_file(tmp_path / "sd15.safetensors", *tiny_sd_modules(seed=1))
     with pytest.raises(ModelError, match="SD1.x checkpoint"):
         PASDPipeline.from_pretrained(sd15_file, PASD_SDXL, device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("name", ["X1_sdxl_fal_defaults", "X2_sdxl_tiled"])
+def test_the_nodes_reproduce_the_official_sdxl_output(tmp_path, monkeypatch, name):
+    """PASD Model Loader + PASD Upscale, outside ComfyUI, on a models folder laid out as ComfyUI's."""
+    from comfy_fixtures import load_pack, pack_module
+
+    models = tmp_path / "models"
+    (models / "pasd" / "pasd_sdxl").mkdir(parents=True)
+    (models / "diffusers").mkdir()
+    (models / "pasd" / "pasd_sdxl" / "checkpoint-200000").symlink_to(PASD_SDXL)
+    (models / "diffusers" / "stable-diffusion-xl-base-1.0").symlink_to(SDXL_BASE)
+    monkeypatch.setenv("PASD_MODELS_DIR", str(models))
+    load_pack()
+    local = pack_module("nodes.local")
+    (pipeline,) = local.PASDModelLoader().load("pasd_sdxl/checkpoint-200000", "diffusers/stable-diffusion-xl-base-1.0",
+                                               "none", "none", device="cpu", dtype="fp32")
+    data = case_data(name)
+    picture = Image.open(data["dir"] / "input.png").convert("RGB")
+    batch = torch.from_numpy(np.asarray(picture, dtype=np.float32)[None] / 255.0)
+    values = {**pack_module("pasd_core.params").defaults(), **data["settings"]}
+    (result,) = local.PASDUpscale().upscale(batch, pipeline, **values)
+    got = np.clip(255.0 * result[0].numpy(), 0, 255).round().astype(np.int16)
+    expected = np.asarray(Image.open(data["dir"] / "expected.png").convert("RGB"), dtype=np.int16)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1
