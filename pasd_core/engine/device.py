@@ -27,7 +27,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device, family: str = SD15) -> torch.dtype:
     """`auto`: what the official scripts use on a GPU (fp16 for SD1.5, bf16 for SDXL on CUDA), fp32 on CPU."""
     if dtype == "auto":
-        if device.type == "cuda" and family == SDXL:
+        if device.type == "cuda" and family == SDXL and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if dtype not in DTYPES:
