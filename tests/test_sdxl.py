@@ -130,3 +130,16 @@ def test_the_nodes_reproduce_the_official_sdxl_output(tmp_path, monkeypatch, nam
     got = np.clip(255.0 * result[0].numpy(), 0, 255).round().astype(np.int16)
     expected = np.asarray(Image.open(data["dir"] / "expected.png").convert("RGB"), dtype=np.int16)
     assert got.shape == expected.shape and np.abs(got - expected).max() <= 1
+
+
+def test_auto_dtype_is_each_official_scripts_on_a_gpu(monkeypatch):
+    from pasd_core.engine.device import resolve_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert resolve_dtype("auto", cuda, "sdxl") == torch.bfloat16
+    assert resolve_dtype("auto", cuda, "sd15") == torch.float16
+    assert resolve_dtype("auto", cpu, "sdxl") == resolve_dtype("auto", cpu, "sd15") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert resolve_dtype("auto", cuda, "sdxl") == torch.float16
+    assert resolve_dtype("fp32", cuda, "sdxl") == torch.float32  # an explicit choice is kept
