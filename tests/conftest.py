@@ -65,3 +65,25 @@ def pasd_copy(tmp_path: Path) -> Path:
 
 
 FAST_SETTINGS = {"steps": 10, "process_size": 64, "scale": 1, "seed": 1}
+
+
+# --- fal: a clean environment and the stub of fal's queue (tests/fal_stub.py) ---------------------------
+
+@pytest.fixture
+def fal_env(monkeypatch, tmp_path):
+    """No real key, config file or fal URL from the machine running the tests."""
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_QUEUE_URL", "FAL_REST_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PASD_FAL_CONFIG", str(tmp_path / "absent-fal.json"))
+
+
+@pytest.fixture
+def stub(monkeypatch, fal_env):
+    """fal's queue on 127.0.0.1, with FAKE_KEY as the key and every fal URL pointing at it."""
+    from fal_stub import FAKE_KEY, FalStub
+
+    with FalStub(key=FAKE_KEY) as server:
+        monkeypatch.setenv("FAL_KEY", FAKE_KEY)
+        monkeypatch.setenv("FAL_QUEUE_URL", server.url)
+        monkeypatch.setenv("FAL_REST_URL", server.url)
+        yield server

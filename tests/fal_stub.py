@@ -35,6 +35,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
+# The key the tests give the client and the stub; its secret half must never show either.
+FAKE_KEY = "pasd-test-key-7f3a9c:SECRET-d41d8cd98f00b204"
+SECRET_PART = "SECRET-d41d8cd98f00b204"
+
 if TYPE_CHECKING:
     from typing import Self
 

@@ -11,7 +11,7 @@ import time
 import traceback
 
 import pytest
-from fal_stub import ALT_PREFIX, FalStub, Job, Reply, free_port, picture, wait_until
+from fal_stub import ALT_PREFIX, FAKE_KEY, SECRET_PART, Job, Reply, free_port, picture, wait_until
 from PIL import Image
 
 from pasd_core.errors import Interrupted
@@ -21,26 +21,9 @@ from pasd_core.fal.images import png_bytes, png_data_uri
 from pasd_core.fal.transport import Budget
 from pasd_core.params import REMOTE_PARAMS, ParamError, defaults
 
-FAKE_KEY = "pasd-test-key-7f3a9c:SECRET-d41d8cd98f00b204"
-SECRET_PART = "SECRET-d41d8cd98f00b204"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, jitter=0.0)
-
-
-@pytest.fixture(autouse=True)
-def fal_env(monkeypatch, tmp_path):
-    """No real key, config file or fal URL from the machine running the tests."""
-    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_QUEUE_URL", "FAL_REST_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PASD_FAL_CONFIG", str(tmp_path / "absent-fal.json"))
-
-
-@pytest.fixture
-def stub(monkeypatch):
-    with FalStub(key=FAKE_KEY) as server:
-        monkeypatch.setenv("FAL_KEY", FAKE_KEY)
-        monkeypatch.setenv("FAL_QUEUE_URL", server.url)
-        monkeypatch.setenv("FAL_REST_URL", server.url)
-        yield server
+# the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
+pytestmark = pytest.mark.usefixtures("fal_env")
 
 
 @pytest.fixture
