@@ -9,14 +9,12 @@ import math
 import pytest
 import torch
 from comfy_fixtures import FakePipeline, pack_module
-from fal_stub import FalStub
 from PIL import Image
 
 from conftest import PASD
 from pasd_core.__main__ import main
 from pasd_core.params import PARAMS, ParamError, validate
 
-KEY = "hostile-params-key:SECRET-9abc"
 FLOAT_PARAMS = [p for p in PARAMS if p.kind is float]
 NOT_FINITE = ["nan", "NaN", " inf", "-inf", "1e999", float("nan"), float("inf"), -float("inf"), 10**400]
 
@@ -80,18 +78,6 @@ def test_local_cli_refuses_them_before_loading(source, tmp_path, capsys, flags, 
     code = main(["upscale", str(source), "-o", str(output), "--base-model", str(tmp_path / "nowhere"),
                  "--pasd-model", str(PASD), *flags])
     assert_refused(capsys, code, output, *words)  # exit 2, not the 1 that loading from nowhere would give
-
-
-@pytest.fixture
-def stub(monkeypatch, tmp_path):
-    for name in ("FAL_KEY_ID", "FAL_KEY_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PASD_FAL_CONFIG", str(tmp_path / "absent.json"))
-    monkeypatch.setenv("FAL_KEY", KEY)
-    with FalStub(key=KEY) as server:
-        monkeypatch.setenv("FAL_QUEUE_URL", server.url)
-        monkeypatch.setenv("FAL_REST_URL", server.url)
-        yield server
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -8,14 +8,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from fal_stub import FalStub
 from PIL import Image
 
 from conftest import FAST_SETTINGS, PASD, SD15
 from pasd_core.__main__ import main
 
 NOWHERE = "no/such/model"  # a run that got as far as loading models would fail on it with exit code 1
-KEY = "output-path-key:SECRET-5678"
 
 
 def upscale(source: Path, output: Path, base: str | Path = SD15) -> int:
@@ -82,16 +80,9 @@ def test_an_output_inside_a_file_is_refused_before_the_run(source, capsys):
 
 
 @pytest.fixture
-def fal(monkeypatch, tmp_path):
+def fal(stub):
     """fal's stub (it sends back the uploaded image): a quick run that writes an output file."""
-    for name in ("FAL_KEY_ID", "FAL_KEY_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PASD_FAL_CONFIG", str(tmp_path / "absent.json"))
-    monkeypatch.setenv("FAL_KEY", KEY)
-    with FalStub(key=KEY) as server:
-        monkeypatch.setenv("FAL_QUEUE_URL", server.url)
-        monkeypatch.setenv("FAL_REST_URL", server.url)
-        yield lambda source, output: main(["upscale", str(source), "-o", str(output), "--remote", "fal"])
+    return lambda source, output: main(["upscale", str(source), "-o", str(output), "--remote", "fal"])
 
 
 @pytest.fixture
