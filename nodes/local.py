@@ -18,7 +18,7 @@ SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses
 
 
 def base_model_choices() -> list[str]:
-    """SD1.5 bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
+    """SD1.5 and SDXL bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
     folders = [f"diffusers/{name}" for name in host.model_dirs("diffusers", ("model_index.json",))]
     return folders + [f"checkpoints/{name}" for name in host.model_files("checkpoints")]
 
@@ -38,7 +38,8 @@ def optional_path(kind: str, choice: str, input_name: str) -> str | None:
 
 
 class PASDModelLoader(DeclaredNode):
-    """Load a PASD checkpoint on an SD1.5 base, optionally with a personalized model and a LoRA."""
+    """Load a PASD checkpoint (PASD-SD1.5 or PASD-SDXL) on a base of the same family, optionally with a personalized
+    model and a LoRA of that family."""
 
     RETURN_TYPES = ("PASD_MODEL",)
     FUNCTION = "load"
@@ -47,16 +48,19 @@ class PASDModelLoader(DeclaredNode):
     def inputs(cls) -> list[Input]:
         return declare(
             combo("pasd_model", host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS),
-                  "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd, e.g. pasd/checkpoint-100000; "
-                  "pasd_light suits stylization."),
+                  "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: SD1.5 (pasd/checkpoint-100000;"
+                  " pasd_light suits stylization) or SDXL (pasd_sdxl/checkpoint-200000, the model fal-ai/pasd runs). "
+                  "Its family is read from the checkpoint."),
             combo("base_model", base_model_choices(),
-                  "Stable Diffusion 1.5 base (text encoder, VAE, scheduler): a diffusers folder from models/diffusers "
-                  "or a single file from models/checkpoints."),
+                  "Base of the PASD checkpoint's family (text encoders, VAE): SD1.5 for pasd/pasd_light, SDXL for "
+                  "pasd_sdxl; a diffusers folder from models/diffusers (stable-diffusion-v1-5, "
+                  "stable-diffusion-xl-base-1.0) or a single file from models/checkpoints."),
             combo("style_model", [NONE, *host.model_files("checkpoints")],
-                  "Optional personalized SD1.5 checkpoint (e.g. ToonYou) for stylization; none keeps plain "
-                  "super-resolution."),
+                  "Optional personalized checkpoint of the PASD model's family (e.g. ToonYou for SD1.5) from "
+                  "models/checkpoints, for stylization; none keeps plain super-resolution."),
             table.BY_NAME["style_strength"],
-            combo("lora", [NONE, *host.model_files("loras")], "Optional SD1.5 LoRA from models/loras."),
+            combo("lora", [NONE, *host.model_files("loras")],
+                  "Optional LoRA of the PASD model's family from models/loras."),
             table.BY_NAME["lora_strength"],
             table.BY_NAME["device"],
             table.BY_NAME["dtype"],
@@ -87,7 +91,12 @@ class PASDUpscale(DeclaredNode):
 
     @classmethod
     def inputs(cls) -> list[Input]:
-        return declare(socket("image", "IMAGE"), socket("pasd_model", "PASD_MODEL"), table.SAMPLER_PARAMS)
+        return declare(
+            socket("image", "IMAGE", "The low-resolution image(s); a batch is upscaled image by image."),
+            socket("pasd_model", "PASD_MODEL", "A PASD model (SD1.5 or SDXL) from PASD Model Loader; auto settings "
+                   "take its family's defaults."),
+            table.SAMPLER_PARAMS,
+        )
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
         pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded

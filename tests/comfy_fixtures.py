@@ -19,6 +19,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
 CHECKPOINTS = FIXTURES / "checkpoints"
+SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
+SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
 WORKFLOWS = REPO / "workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
 PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
@@ -33,6 +35,8 @@ CORE_NODES: dict[str, dict[str, Any]] = {
                    "display_name": "Batch Images"},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+# Nodes of the front end alone (isVirtualNode): saved in UI workflows, never sent to the server in a prompt.
+FRONTEND_ONLY_NODES = ("Note", "MarkdownNote")
 
 
 def load_pack() -> Any:
@@ -52,14 +56,22 @@ def pack_module(name: str) -> Any:
     return importlib.import_module(f"{PACK_NAME}.{name}")
 
 
-def make_models_dir(root: Path) -> Path:
-    """A ComfyUI models folder whose pasd/ and diffusers/ point at the tiny official-layout checkpoints."""
+def make_models_dir(root: Path, *, sdxl: bool = False) -> Path:
+    """A ComfyUI models folder whose pasd/ and diffusers/ point at the tiny official-layout checkpoints.
+
+    With `sdxl`, also the tiny PASD-SDXL models where the download puts them: models/pasd/pasd_sdxl/checkpoint-200000
+    and models/diffusers/stable-diffusion-xl-base-1.0.
+    """
     for name in ("pasd", "diffusers", "checkpoints", "loras"):
         (root / name).mkdir(parents=True, exist_ok=True)
     for variant in ("pasd", "pasd_light"):
         (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
     (root / "diffusers" / "stable-diffusion-v1-5").symlink_to(CHECKPOINTS / "stable-diffusion-v1-5",
                                                              target_is_directory=True)
+    if sdxl:
+        (root / "pasd" / "pasd_sdxl").symlink_to(SDXL_CHECKPOINTS / "pasd_sdxl", target_is_directory=True)
+        (root / "diffusers" / "stable-diffusion-xl-base-1.0").symlink_to(
+            SDXL_CHECKPOINTS / "stable-diffusion-xl-base-1.0", target_is_directory=True)
     return root
 
 
@@ -243,7 +255,7 @@ def ui_to_api(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]] | None 
     links = {link[0]: link for link in workflow["links"]}
     prompt: dict[str, Any] = {}
     for node in sorted(workflow["nodes"], key=lambda n: n["id"]):
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY_NODES:
             continue
         values = node.get("widgets_values", [])
         slots = widget_slots(nodes[node["type"]])

@@ -1,6 +1,6 @@
 """End to end in a real ComfyUI: the pack loads, every shipped workflow runs through POST /prompt, local
-results equal the engine's own (and the official output), the fal workflow runs against the stub, and
-the cancel button interrupts a run between steps.
+results (PASD-SD1.5 and PASD-SDXL) equal the engine's own (and the official output), the fal workflows run
+against the stub, and the cancel button interrupts a run between steps.
 
 Enable with COMFYUI_DIR=<a ComfyUI folder> and COMFYUI_PYTHON=<its interpreter, with this pack's
 requirements installed> (default: this interpreter); the README's "Tests" section shows how to make both
@@ -26,6 +26,7 @@ from comfy_fixtures import (
     CORE_NODES,
     FIXTURES,
     REPO,
+    SDXL_CHECKPOINTS,
     api_workflows,
     load_pack,
     make_models_dir,
@@ -59,6 +60,9 @@ CASE_B = json.loads((FIXTURES / "cases" / "B_tiled_x2" / "case.json").read_text(
 SD15 = str(CHECKPOINTS / "stable-diffusion-v1-5")
 PASD = str(CHECKPOINTS / "pasd" / "checkpoint-100000")
 PASD_LIGHT = str(CHECKPOINTS / "pasd_light" / "checkpoint-120000")
+SDXL_BASE = str(SDXL_CHECKPOINTS / "stable-diffusion-xl-base-1.0")
+PASD_SDXL = str(SDXL_CHECKPOINTS / "pasd_sdxl" / "checkpoint-200000")
+SDXL_FILE = "sd_xl_base_1.0.safetensors"  # a tiny SDXL single file, named as the download a user puts there
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
 FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
 
@@ -79,7 +83,7 @@ def base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("comfyui")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(REPO, target_is_directory=True)
-    models = make_models_dir(base / "models")
+    models = make_models_dir(base / "models", sdxl=True)
     (models / "pasd" / "pasd_light").unlink()  # served from the extra_model_paths.yaml folder instead
     (base / "shared" / "pasd").mkdir(parents=True)
     (base / "shared" / "pasd" / "pasd_light").symlink_to(CHECKPOINTS / "pasd_light", target_is_directory=True)
@@ -87,6 +91,9 @@ def base(tmp_path_factory) -> Path:
     from tiny_checkpoints import tiny_sd_modules, write_original_sd_file  # the lead's tiny SD1.5 single files
 
     write_original_sd_file(models / "checkpoints" / "toonyou_beta6.safetensors", *tiny_sd_modules(seed=100))
+    from tiny_sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
+
+    write_sdxl_file(models / "checkpoints" / SDXL_FILE, *sdxl_base_modules(), unet=tiny_sdxl_unet())
     (base / "input").mkdir()
     picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
     picture.save(base / "input" / "example.png")
@@ -109,11 +116,14 @@ def comfyui(base, fal_stub):
 
 
 def workflow(name: str, **settings) -> dict:
-    """An API workflow as shipped, with `settings` applied to every PASD upscale node."""
+    """An API workflow as shipped, with `settings` applied to every PASD upscale node (the shared ones only to
+    the fal node, which takes no others)."""
     prompt = copy.deepcopy(api_workflows()[name])
     for node in prompt.values():
-        if node["class_type"] in ("PASDUpscale", "PASDUpscaleFal"):
+        if node["class_type"] == "PASDUpscale":
             node["inputs"].update(settings)
+        elif node["class_type"] == "PASDUpscaleFal":
+            node["inputs"].update({k: v for k, v in settings.items() if table.BY_NAME[k].remote})
     return prompt
 
 
@@ -148,9 +158,13 @@ def test_pack_loads_with_its_nodes_and_models(comfyui):
         assert info["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[node_type]
     loader = comfyui.object_info("PASDModelLoader")["input"]["required"]
     # models/pasd is registered and the folder extra_model_paths.yaml gave "pasd" is kept
-    assert loader["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
-    assert loader["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "checkpoints/toonyou_beta6.safetensors"]
-    assert loader["style_model"][0] == ["none", "toonyou_beta6.safetensors"]
+    assert loader["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000",
+                                       "pasd_sdxl/checkpoint-200000"]
+    # SD1.5 and SDXL bases alike: diffusers folders, then single files
+    assert loader["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "diffusers/stable-diffusion-xl-base-1.0",
+                                       f"checkpoints/{SDXL_FILE}", "checkpoints/toonyou_beta6.safetensors"]
+    assert loader["style_model"][0] == ["none", SDXL_FILE, "toonyou_beta6.safetensors"]
+    assert "SDXL" in loader["base_model"][1]["tooltip"] and "SDXL" in loader["pasd_model"][1]["tooltip"]
 
 
 def test_declarations_reach_the_frontend_as_declared(comfyui):
@@ -200,7 +214,8 @@ def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path
         loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, ui_workflows(),
                                   str(tmp_path / "{name}.png"))
     for name, api in api_workflows().items():
-        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(api)
+        # every node loads, notes included; the prompt leaves the notes out, exactly as the API copy does
+        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(ui_workflows()[name]["nodes"])
         assert loaded[name]["prompt"] == api, name
 
 
@@ -255,13 +270,40 @@ def test_stylize_workflow_chains_super_resolution_and_personalized_stylization(c
 
 def test_fal_workflow_runs_on_the_stub_with_the_key_from_the_environment(comfyui, base, fal_stub):
     prompt = workflow("pasd_upscale_fal")
+    submitted_before = len(fal_stub.calls("submit"))  # the stub serves the whole module
     entry = comfyui.run(prompt)
     (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
     picture = Image.open(base / "input" / "example.png").convert("RGB")
     assert np.array_equal(pixels(png), np.asarray(picture.resize((128, 128), Image.Resampling.NEAREST)))
-    (submit,) = fal_stub.calls("submit")
+    (submit,) = fal_stub.calls("submit")[submitted_before:]
     assert submit.headers["authorization"] == f"Key {FAL_KEY}"
     assert {k: v for k, v in submit.json().items() if k != "image_url"} == table.defaults(table.REMOTE_PARAMS)
+
+
+def test_sdxl_workflow_runs_on_the_tiny_sdxl_models_as_the_engine_does(comfyui, base, tmp_path):
+    prompt = workflow("pasd_sdxl_upscale_x2", **FAST)
+    entry = comfyui.run(prompt)  # POST /prompt answered node_errors {}: the SDXL models are where the loader looks
+    (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
+    result = pixels(png)
+    assert result.shape == (128, 128, 3)
+    settings = upscale_settings(prompt, node_id(prompt, "PASDUpscale"))
+    assert settings["added_prompt"] == table.AUTO[str]  # resolved for SDXL by the node and the engine alike
+    (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"],
+                               [{"base": SDXL_BASE, "pasd": PASD_SDXL, "settings": settings}])
+    assert np.array_equal(result, direct)
+
+
+def test_fal_vs_local_workflow_runs_fal_and_its_local_sdxl_twin(comfyui, fal_stub):
+    prompt = workflow("pasd_sdxl_fal_vs_local", **FAST)
+    submitted_before = len(fal_stub.calls("submit"))
+    entry = comfyui.run(prompt)
+    (remote,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "fal"))
+    (local,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "local"))
+    assert pixels(remote).shape == pixels(local).shape == (128, 128, 3)
+    (submit,) = fal_stub.calls("submit")[submitted_before:]
+    twin = upscale_settings(prompt, node_id(prompt, "PASDUpscale"))
+    assert {k: v for k, v in submit.json().items() if k != "image_url"} == {p.name: twin[p.name]
+                                                                             for p in table.REMOTE_PARAMS}
 
 
 # --- the cancel button ----------------------------------------------------------------------------

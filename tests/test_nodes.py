@@ -383,3 +383,52 @@ def test_inside_comfyui_models_pasd_is_registered_after_paths_from_extra_model_p
     assert host.in_comfyui() and host.torch_device() == "cpu" and host.preferred_dtype("cpu") == "fp32"
     assert local.PASDModelLoader.INPUT_TYPES()["required"]["pasd_model"][0] == ["pasd/checkpoint-100000",
                                                                                  "pasd_light/checkpoint-120000"]
+
+
+# --- PASD-SDXL through the loader node ---------------------------------------------------------------
+
+SDXL_CASES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny" / "cases"
+
+
+@pytest.fixture(scope="module")
+def sdxl_models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI models folder with the tiny PASD-SDXL models where the download puts them, and an SDXL file."""
+    root = make_models_dir(tmp_path_factory.mktemp("sdxl_models"), sdxl=True)
+    (root / "checkpoints" / "sd_xl_base_1.0.safetensors").write_bytes(b"")  # only listed here, never read
+    return root
+
+
+def test_loader_offers_sdxl_models_and_says_which_family_each_input_takes(monkeypatch, sdxl_models_dir):
+    FakeComfyUI(sdxl_models_dir).install(monkeypatch)
+    declared = local.PASDModelLoader.INPUT_TYPES()["required"]
+    assert declared["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000",
+                                         "pasd_sdxl/checkpoint-200000"]
+    assert declared["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "diffusers/stable-diffusion-xl-base-1.0",
+                                         "checkpoints/sd_xl_base_1.0.safetensors"]
+    for name in ("pasd_model", "base_model"):
+        assert {"SD1.5", "SDXL"} <= set(declared[name][1]["tooltip"].replace(",", " ").split())
+    for name in ("style_model", "lora"):  # a personalization file must fit the PASD model's family
+        assert "PASD model's family" in declared[name][1]["tooltip"]
+
+
+def test_upscale_node_link_inputs_have_tooltips():
+    declared = local.PASDUpscale.INPUT_TYPES()["required"]
+    assert declared["image"][0] == "IMAGE" and declared["image"][1]["tooltip"]
+    assert declared["pasd_model"][0] == "PASD_MODEL" and "SDXL" in declared["pasd_model"][1]["tooltip"]
+
+
+def test_loader_node_loads_pasd_sdxl_whose_defaults_give_the_official_fal_defaults_output(monkeypatch,
+                                                                                         sdxl_models_dir):
+    FakeComfyUI(sdxl_models_dir).install(monkeypatch)  # device and dtype `auto`: ComfyUI's CPU and fp32
+    (pipeline,) = local.PASDModelLoader().load("pasd_sdxl/checkpoint-200000", "diffusers/stable-diffusion-xl-base-1.0",
+                                               "none", "none", style_strength=1.0, lora_strength=1.0,
+                                               device="auto", dtype="auto")
+    assert pipeline.family == "sdxl"
+    # case X1 is the official test_pasd_sdxl.py with fal's defaults; only the seed and the tiny size are its own
+    params = json.loads((SDXL_CASES / "X1_sdxl_fal_defaults" / "case.json").read_text())["params"]
+    image = as_image_batch(Image.open(SDXL_CASES / "X1_sdxl_fal_defaults" / "input.png"))
+    (result,) = local.PASDUpscale().upscale(image, pipeline, **sampler_values(seed=params["seed"],
+                                                                             process_size=params["process_size"]))
+    expected = np.asarray(Image.open(SDXL_CASES / "X1_sdxl_fal_defaults" / "expected.png").convert("RGB"))
+    assert result.shape == (1, *expected.shape)
+    assert np.abs(as_uint8(result[0]).astype(int) - expected.astype(int)).max() <= 1

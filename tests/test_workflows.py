@@ -10,6 +10,7 @@ import pytest
 from comfy_fixtures import (
     API_WORKFLOWS,
     CORE_NODES,
+    FRONTEND_ONLY_NODES,
     WORKFLOWS,
     api_workflows,
     declarations,
@@ -24,18 +25,33 @@ from comfy_fixtures import (
 pack = load_pack()
 table = pack_module("pasd_core.params")
 
-EXPECTED = {"pasd_upscale_x2", "pasd_upscale_fal", "pasd_upscale_then_stylize", "pasd_batch"}
+EXPECTED = {"pasd_upscale_x2", "pasd_upscale_fal", "pasd_upscale_then_stylize", "pasd_batch",
+            "pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"}
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
-# A fal key is "<uuid>:<32 hex>"; any long unbroken token, or a key-ish field name, is suspicious too.
+# A fal key is "<uuid>:<32 hex>"; any long unbroken token of one secret alphabet (base64url and hex, or standard
+# base64) is suspicious too, and so is a key given a value or an auth header. Model paths in the notes mix the two
+# alphabets' separators ("/" with "-" or "_"), and a note may name the FAL_KEY variable without a value.
 KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}", re.I),
-            re.compile(r"[A-Za-z0-9+/_=-]{40,}"),
-            re.compile(r"fal_key|api_key|FAL_KEY|Authorization|Bearer |Key [A-Za-z0-9]", re.I))
+            re.compile(r"[A-Za-z0-9_=-]{40,}"), re.compile(r"[A-Za-z0-9+/=]{40,}"),
+            re.compile(r"""(fal_key|api_key|fal_key_id|fal_key_secret)["']?\s*[:=]|Authorization|Bearer """, re.I),
+            re.compile(r"\bKey [A-Za-z0-9:-]{8,}"))
+SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
+SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
 
 WORKFLOW_NAMES = sorted(EXPECTED)
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
     return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def server_nodes(workflow: dict) -> list[dict]:
+    """The nodes that reach ComfyUI's server (not the front end's notes)."""
+    return [n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY_NODES]
+
+
+def note_text(workflow: dict) -> str:
+    return "\n".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY_NODES)
 
 
 def widgets(node: dict) -> dict:
@@ -50,7 +66,7 @@ def source_of(workflow: dict, node: dict, input_name: str) -> dict:
     return next(n for n in workflow["nodes"] if n["id"] == origin)
 
 
-def test_the_four_workflows_and_their_api_copies_are_shipped():
+def test_the_workflows_and_their_api_copies_are_shipped():
     assert set(ui_workflows()) == EXPECTED
     assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == EXPECTED
 
@@ -62,8 +78,12 @@ def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
     known = declarations()
     by_id = {n["id"]: n for n in workflow["nodes"]}
     for node in workflow["nodes"]:
+        assert node["mode"] == 0
+        if node["type"] in FRONTEND_ONLY_NODES:  # a note: its text, nothing connected
+            assert isinstance(node["widgets_values"][0], str) and not node["inputs"] and not node["outputs"]
+            continue
         assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES
-        assert node["mode"] == 0 and node["properties"]["Node name for S&R"] == node["type"]
+        assert node["properties"]["Node name for S&R"] == node["type"]
     for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
         output = by_id[origin]["outputs"][origin_slot]
         socket = by_id[target]["inputs"][target_slot]
@@ -71,7 +91,7 @@ def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
         assert output["type"] == socket["type"] == link_type
         assert link_type == known[by_id[origin]["type"]]["output"][origin_slot]
         assert input_type(known[by_id[target]["type"]]["input"]["required"][socket["name"]]) == link_type
-    for node in workflow["nodes"]:  # every required socket is connected
+    for node in server_nodes(workflow):  # every required socket is connected
         required = known[node["type"]]["input"]["required"]
         sockets = {n for n, spec in required.items() if input_type(spec) not in ("INT", "FLOAT", "STRING", "COMBO")}
         assert sockets == {i["name"] for i in node["inputs"] if i["link"] is not None}
@@ -105,8 +125,8 @@ def test_api_copy_says_what_the_ui_workflow_says(name):
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
     api = api_workflows()[name]
     assert ui_to_api(ui) == api
-    assert {n["type"] for n in ui["nodes"]} == {n["class_type"] for n in api.values()}
-    for node in ui["nodes"]:  # spelled out: each widget value sits under its input name
+    assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
+    for node in server_nodes(ui):  # spelled out: each widget value sits under its input name
         assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node)} == widgets(node)
 
 
@@ -151,3 +171,43 @@ def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
     batch = source_of(workflow, upscale, "image")
     assert batch["type"] == "ImageBatch"
     assert {source_of(workflow, batch, s)["type"] for s in ("image1", "image2")} == {"LoadImage"}
+
+
+def test_sdxl_x2_workflow_runs_pasd_sdxl_locally_with_fals_defaults():
+    workflow = ui_workflows()["pasd_sdxl_upscale_x2"]
+    (upscale,) = nodes_of(workflow, "PASDUpscale")
+    # fal's defaults for the shared settings; the local ones at auto, which resolve to the official SDXL script's
+    assert widgets(upscale) == table.defaults(table.SAMPLER_PARAMS)
+    assert widgets(upscale)["scale"] == 2 and widgets(upscale)["added_prompt"] == table.AUTO[str]
+    assert source_of(workflow, upscale, "image")["type"] == "LoadImage"
+    loader = widgets(source_of(workflow, upscale, "pasd_model"))
+    assert {k: loader[k] for k in SDXL_LOADER} == SDXL_LOADER and loader["style_model"] == loader["lora"] == "none"
+    assert nodes_of(workflow, "SaveImage")
+
+
+def test_fal_vs_local_workflow_feeds_one_picture_to_fal_and_its_local_sdxl_twin():
+    workflow = ui_workflows()["pasd_sdxl_fal_vs_local"]
+    (remote,) = nodes_of(workflow, "PASDUpscaleFal")
+    (twin,) = nodes_of(workflow, "PASDUpscale")
+    assert widgets(remote) == table.defaults(table.REMOTE_PARAMS)
+    assert {p.name: widgets(twin)[p.name] for p in table.REMOTE_PARAMS} == widgets(remote)  # the six shared
+    assert widgets(twin) == table.defaults(table.SAMPLER_PARAMS)  # and its own settings at auto
+    (picture,) = nodes_of(workflow, "LoadImage")
+    assert source_of(workflow, remote, "image") is picture and source_of(workflow, twin, "image") is picture
+    loader = widgets(source_of(workflow, twin, "pasd_model"))
+    assert {k: loader[k] for k in SDXL_LOADER} == SDXL_LOADER
+    saved = {source_of(workflow, save, "images")["id"] for save in nodes_of(workflow, "SaveImage")}
+    assert saved == {remote["id"], twin["id"]}
+
+
+@pytest.mark.parametrize("name", ["pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"])
+def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_them(name):
+    workflow = ui_workflows()[name]
+    text = note_text(workflow)
+    (loader,) = nodes_of(workflow, "PASDModelLoader")
+    # the loader's choices, as the folders they are under a ComfyUI models folder
+    assert f"models/pasd/{widgets(loader)['pasd_model']}" in text and f"models/{widgets(loader)['base_model']}" in text
+    assert "models/checkpoints" in text and "single file" in text  # an SDXL single file works as the base too
+    assert SDXL_DOWNLOAD in text
+    if nodes_of(workflow, "PASDUpscaleFal"):
+        assert "fal key" in text and "environment" in text
