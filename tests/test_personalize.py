@@ -122,7 +122,8 @@ def test_sdxl_file_is_refused(tmp_path):
     path = tmp_path / "sdxl.safetensors"
     save_file({"conditioner.embedders.1.model.positional_embedding": torch.zeros(77, 4),
                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4)}, str(path))
-    assert_refused_unchanged(pasd_models("pasd"), path, "looks like an SDXL checkpoint, PASD needs an SD1.5 base")
+    assert_refused_unchanged(pasd_models("pasd"), path, "is an SDXL model, but this PASD checkpoint is PASD-SD1.5: "
+                             r"give an SD1\.5 model, or use this one with PASD-SDXL")
 
 
 def test_strength_outside_zero_one_is_refused(personal):

@@ -12,7 +12,14 @@ import math
 from pathlib import Path
 
 import torch
-from tiny_checkpoints import original_state_dict, perturb, read_config, unet_key_to_original, write_state_dict
+from tiny_checkpoints import (
+    LORA_TARGETS,
+    original_state_dict,
+    perturb,
+    read_config,
+    unet_key_to_original,
+    write_state_dict,
+)
 
 from conftest import PASD_SDXL, SDXL_BASE
 
@@ -107,3 +114,47 @@ def sdxl_original_state_dict(text_encoder=None, text_encoder_2=None, vae=None, u
 
 def write_sdxl_file(path: Path, text_encoder=None, text_encoder_2=None, vae=None, unet=None) -> Path:
     return write_state_dict(path, sdxl_original_state_dict(text_encoder, text_encoder_2, vae, unet))
+
+
+def tiny_sdxl_modules(seed: int) -> tuple:
+    """A 'personalized' SDXL model: the fixture base's text encoders and VAE, and a stock SDXL UNet, all with
+    other (seeded) weights; ordered (text_encoder, text_encoder_2, vae, unet) as `write_sdxl_file` takes them."""
+    text_encoder, text_encoder_2, vae = sdxl_base_modules()
+    return (perturb(text_encoder, seed + 1), perturb(text_encoder_2, seed + 2), perturb(vae, seed + 3),
+            tiny_sdxl_unet(seed))
+
+
+def _kohya_sdxl_name(module_name: str, component: str, unet_config: dict, original_unet_names: bool) -> str:
+    if component != "unet":
+        # kohya names both CLIPs from `text_model.` down, under lora_te1_ / lora_te2_
+        name = module_name if module_name.startswith("text_model.") else "text_model." + module_name
+        return {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component] + name.replace(".", "_")
+    if original_unet_names:  # kohya's SDXL LoRAs name UNet layers in the original (SGM) layout
+        module_name = unet_key_to_original(module_name + ".weight", unet_config).removesuffix(".weight")
+    return "lora_unet_" + module_name.replace(".", "_")
+
+
+def write_kohya_sdxl_lora(path: Path, unet, text_encoder, text_encoder_2, rank: int = 2, seed: int = 0,
+                          alpha: float | None = None,
+                          original_unet_names: bool = True) -> dict[tuple[str, str], torch.Tensor]:
+    """A kohya SDXL LoRA on the attention (and proj) layers of the UNet and both text encoders, the PASD-only
+    layers left out; returns {(component, module): up @ down}."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    deltas: dict[tuple[str, str], torch.Tensor] = {}
+    models = (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))
+    for component, model in models:
+        targets = LORA_TARGETS["unet" if component == "unet" else "text_encoder"]
+        for name, module in model.named_modules():
+            if not targets.match(name) or ".pixel_attentions." in name or "_plus" in name:
+                continue
+            weight = module.weight
+            down = torch.randn((rank, weight.shape[1], *weight.shape[2:]), generator=generator) * 0.1
+            up = torch.randn((weight.shape[0], rank, *([1] * (weight.ndim - 2))), generator=generator) * 0.1
+            prefix = _kohya_sdxl_name(name, component, dict(unet.config), original_unet_names)
+            state[f"{prefix}.lora_down.weight"] = down
+            state[f"{prefix}.lora_up.weight"] = up
+            state[f"{prefix}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
+            deltas[(component, name)] = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    write_state_dict(path, state)
+    return deltas

@@ -60,14 +60,13 @@ class PASDPipeline:
         # read and checked before any model changes
         replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
         text_encoder, vae = base.text_encoder, base.vae
-        if style_model is not None:
-            from ..weights.personalize import apply_personalized_model
+        if style_model is not None or lora is not None:
+            from ..weights.personalize import personalize
 
-            unet, vae, text_encoder = apply_personalized_model(unet, vae, text_encoder, style_model, style_strength)
-        if lora is not None:
-            from ..weights.personalize import apply_lora
-
-            apply_lora(unet, text_encoder, lora, lora_strength)
+            # the family is the UNet's; SDXL's text encoders go as a pair (CLIP ViT-L, OpenCLIP ViT-bigG)
+            encoders = (text_encoder,) if base.text_encoder_2 is None else (text_encoder, base.text_encoder_2)
+            personalize(unet, vae, encoders, style_model=style_model, style_strength=style_strength, lora=lora,
+                        lora_strength=lora_strength)
         if replacement_vae is not None:
             vae = replacement_vae
         models = SamplerModels(
