@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import stat
 import sys
 import tempfile
@@ -19,11 +20,13 @@ from typing import Any
 from .engine.work_limits import check_planned_work
 from .errors import InputImageError, Interrupted, PASDError
 from .image_io import read_image
+from .model_family import SD15, SDXL
 from .params import (
     LOADER_PARAMS,
     REMOTE_PARAMS,
     SAMPLER_PARAMS,
     SHARED,
+    ParamError,
     add_cli_flags,
     for_family,
     given_cli_values,
@@ -44,29 +47,48 @@ def build_parser() -> argparse.ArgumentParser:
                                          "single .safetensors file")
     up.add_argument("--pasd-model", help="PASD checkpoint folder (holding unet/ and controlnet/; PASD-SDXL also "
                                          "scheduler/)")
-    up.add_argument("--style-model", help="personalized SD1.5 .safetensors for stylization")
-    up.add_argument("--lora", help="kohya-style LoRA .safetensors")
+    up.add_argument("--style-model", help="personalized checkpoint (.safetensors) of the PASD checkpoint's family, "
+                                          "for stylization")
+    up.add_argument("--lora", help="kohya-style LoRA .safetensors of the PASD checkpoint's family")
     up.add_argument("--vae", help="replacement VAE: diffusers folder or .safetensors (e.g. the fp16-fix SDXL VAE, "
                                   "madebyollin/sdxl-vae-fp16-fix, which the official SDXL script uses in fp16)")
     add_cli_flags(up, SAMPLER_PARAMS)
     add_cli_flags(up, LOADER_PARAMS)
     up.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    down = commands.add_parser("download", help="download PASD and SD1.5 weights (needs internet)",
-                               description="Download a PASD checkpoint into MODELS/pasd and the SD1.5 base parts "
-                                           "into MODELS/diffusers (the layout ComfyUI's models folder uses).")
+    down = commands.add_parser("download", help="download PASD weights and their base model (needs internet)",
+                               description="Download a PASD checkpoint into MODELS/pasd and its base model's parts "
+                                           "into MODELS/diffusers (the layout ComfyUI's models folder uses), then "
+                                           "print the upscale flags that use them.")
     down.add_argument("--models-dir", default="models", help="models folder (e.g. ComfyUI/models); default ./models")
-    down.add_argument("--variant", default="pasd", help="pasd (default), pasd_light, pasd_rrdb, pasd_light_rrdb")
+    down.add_argument("--family", choices=(SD15, SDXL), default=SD15,
+                      help="sd15 (default): a PASD-SD1.5 checkpoint (--variant) and the SD1.5 base; sdxl: PASD-SDXL "
+                           "(pasd_sdxl/checkpoint-200000) and the SDXL 1.0 base")
+    down.add_argument("--variant", help="the PASD-SD1.5 checkpoint: pasd (default), pasd_light, pasd_rrdb, "
+                                        "pasd_light_rrdb, pasd_light_color")
+    down.add_argument("--fp16-fix-vae", action="store_true",
+                      help="with --family sdxl, also fetch madebyollin/sdxl-vae-fp16-fix into MODELS/vae (SDXL's own "
+                           "VAE overflows in fp16; the official SDXL script swaps this one in for --dtype fp16)")
     down.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .weights.download import ensure_pasd_checkpoint, ensure_sd15_base
+    from .weights.download import FAMILY_VARIANTS, ensure_base, ensure_fp16_fix_vae, ensure_pasd_checkpoint
 
+    if args.family == SDXL and args.variant is not None:
+        raise ParamError("--variant picks a PASD-SD1.5 checkpoint; PASD-SDXL has one (pasd_sdxl): drop --variant, "
+                         "or use --family sd15.")
+    if args.family == SD15 and args.variant == FAMILY_VARIANTS[SDXL]:
+        raise ParamError("--variant pasd_sdxl is PASD-SDXL: use --family sdxl instead (it fetches the SDXL base too).")
+    if args.fp16_fix_vae and args.family != SDXL:
+        raise ParamError("--fp16-fix-vae is an SDXL VAE: use it with --family sdxl.")
     models = Path(args.models_dir)
-    pasd = ensure_pasd_checkpoint(args.variant, models / "pasd")
-    base = ensure_sd15_base(models / "diffusers")
-    print(f"--pasd-model {pasd} --base-model {base}")
+    pasd = ensure_pasd_checkpoint(args.variant or FAMILY_VARIANTS[args.family], models / "pasd")
+    base = ensure_base(models / "diffusers", args.family)
+    flags = ["--pasd-model", str(pasd), "--base-model", str(base)]
+    if args.fp16_fix_vae:
+        flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae"))]
+    print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
     return 0
 
 

@@ -1,107 +1,159 @@
-"""Optional download of the PASD checkpoints and the SD1.5 base, for users with internet access.
+"""Optional download of the PASD checkpoints and their base models, for users with internet access.
 
-Files land in the models folder in the official on-disk layout (`<models>/pasd/checkpoint-100000/
-{unet,controlnet}/…`), so a manual download put in the same place works the same. When the
-download cannot happen (offline, no huggingface_hub, a network error), the ModelError says which
-files to fetch from where and where to put them.
+Files land in the models folder in the official on-disk layout (`<models>/pasd/pasd/checkpoint-100000/
+{unet,controlnet}/…`, `<models>/diffusers/stable-diffusion-v1-5/…`), so a manual download put in the same
+place works the same. When the download cannot happen (offline, no huggingface_hub, a network error), the
+ModelError says which files to fetch from where and where to put them.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from ..model_family import SD15, SDXL
 
-PASD_REPO = "yangtao9009/PASD"
-# runwayml/stable-diffusion-v1-5 was taken down in 2024; this is the maintained copy of the same files
-SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SD15_FOLDER = "stable-diffusion-v1-5"
 
-# Folder of each variant in the Hugging Face repo. pasd and pasd_light are the checkpoints the
-# official scripts name; for the others the step is not documented (the official zips used
-# checkpoint-100000 for the rrdb ones, checkpoint-180000 for colorization), so any checkpoint-* is taken.
-PASD_VARIANTS = {
-    "pasd": "pasd/checkpoint-100000",
-    "pasd_light": "pasd_light/checkpoint-120000",
-    "pasd_rrdb": "pasd_rrdb/checkpoint-*",
-    "pasd_light_rrdb": "pasd_light_rrdb/checkpoint-*",
-    "pasd_light_color": "pasd_light_color/checkpoint-*",
-}
+@dataclass(frozen=True)
+class HubFiles:
+    """Some files of one folder of a Hugging Face repository."""
+
+    repo_id: str
+    folder: str  # inside the repository; "" for its root; may end in checkpoint-* (any step)
+    files: tuple[str, ...]
+    what: str  # for messages: "the PASD 'pasd' checkpoint"
+
+    @property
+    def any_step(self) -> bool:
+        return self.folder.endswith("checkpoint-*")
+
+    def patterns(self) -> list[str]:
+        # fnmatch patterns: '*' also matches '/', so checkpoint-* reaches the files below it
+        return [f"{self.folder}/{name}" if self.folder else name for name in self.files]
+
+    def local_folder(self, local_dir: Path) -> Path:
+        """Where the files go under `local_dir`, as a message names it (a step the user picks shows as <step>)."""
+        return local_dir / self.folder.replace("checkpoint-*", "checkpoint-<step>") if self.folder else local_dir
+
+    def instructions(self, local_dir: Path) -> str:
+        """What to fetch by hand, from where, and where to put it."""
+        folder = self.folder.removesuffix("/checkpoint-*")
+        url = f"https://huggingface.co/{self.repo_id}/tree/main/{folder}".rstrip("/")
+        inside = " (inside its checkpoint-<step> folder)" if self.any_step else ""
+        return (f"Download {', '.join(self.files)} from {url}{inside} and put them in "
+                f"{self.local_folder(local_dir)}/, keeping the subfolders.")
+
+
 PASD_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
               "controlnet/config.json", "controlnet/diffusion_pytorch_model.safetensors")
-SD15_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors",
-              "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-              "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-              "scheduler/scheduler_config.json")
+
+
+def _pasd(repo_id: str, folder: str, variant: str, extra: tuple[str, ...] = ()) -> HubFiles:
+    return HubFiles(repo_id, folder, PASD_FILES + extra, f"the PASD '{variant}' checkpoint")
+
+
+# Folder of each variant in its Hugging Face repo. pasd and pasd_light are the checkpoints the official
+# scripts name; for the others the step is not documented (the official zips used checkpoint-100000 for the
+# rrdb ones, checkpoint-180000 for colorization), so any checkpoint-* is taken.
+# pasd_sdxl: test_pasd_sdxl.py (yangxy/PASD) reads unet/, controlnet/ and its own Euler scheduler/ from
+# runs/pasd_sdxl/checkpoint-200000, the folder yangtao9009/PASD-SDXL publishes. Assumed, not checked against
+# the hub: its weights carry the diffusers safetensors names, as yangtao9009/PASD's do.
+PASD_VARIANTS = {
+    "pasd": _pasd("yangtao9009/PASD", "pasd/checkpoint-100000", "pasd"),
+    "pasd_light": _pasd("yangtao9009/PASD", "pasd_light/checkpoint-120000", "pasd_light"),
+    "pasd_rrdb": _pasd("yangtao9009/PASD", "pasd_rrdb/checkpoint-*", "pasd_rrdb"),
+    "pasd_light_rrdb": _pasd("yangtao9009/PASD", "pasd_light_rrdb/checkpoint-*", "pasd_light_rrdb"),
+    "pasd_light_color": _pasd("yangtao9009/PASD", "pasd_light_color/checkpoint-*", "pasd_light_color"),
+    "pasd_sdxl": _pasd("yangtao9009/PASD-SDXL", "pasd_sdxl/checkpoint-200000", "pasd_sdxl",
+                       ("scheduler/scheduler_config.json",)),
+}
+FAMILY_VARIANTS = {SD15: "pasd", SDXL: "pasd_sdxl"}  # the checkpoint each family downloads by default
+
+# Only what PASD reads from each base (weights/bases.py FOLDER_PARTS), plus model_index.json, by which
+# ComfyUI's models/diffusers lists a folder. No UNet: PASD brings its own.
+_TOKENIZER = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
+SD15_FILES = ("model_index.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+              *(f"tokenizer/{name}" for name in _TOKENIZER), "vae/config.json",
+              "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
+SDXL_FILES = ("model_index.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+              "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
+              *(f"{part}/{name}" for part in ("tokenizer", "tokenizer_2") for name in _TOKENIZER),
+              "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+# runwayml/stable-diffusion-v1-5 was taken down in 2024; this is the maintained copy of the same files
+BASES = {
+    SD15: HubFiles("stable-diffusion-v1-5/stable-diffusion-v1-5", "", SD15_FILES, "the Stable Diffusion 1.5 base"),
+    SDXL: HubFiles("stabilityai/stable-diffusion-xl-base-1.0", "", SDXL_FILES, "the SDXL 1.0 base"),
+}
+# The VAE test_pasd_sdxl.py swaps in for fp16 (SDXL's own overflows there).
+FP16_FIX_VAE = HubFiles("madebyollin/sdxl-vae-fp16-fix", "", ("config.json", "diffusion_pytorch_model.safetensors"),
+                        "the fp16-fix SDXL VAE")
 
 
 def _complete(folder: Path, files: tuple[str, ...]) -> bool:
     return all((folder / name).is_file() for name in files)
 
 
-def _local_pasd_checkpoint(models_dir: Path, subfolder: str) -> Path | None:
-    """The complete checkpoint folder matching `subfolder` (a glob); of several, the highest step."""
+def _local(source: HubFiles, local_dir: Path) -> Path | None:
+    """The complete folder of `source` under `local_dir`; of several checkpoint-* steps, the highest."""
+    if not source.folder:
+        return local_dir if _complete(local_dir, source.files) else None
+
     def step(folder: Path) -> int:
         found = re.search(r"(\d+)$", folder.name)
         return int(found[1]) if found else -1
 
-    candidates = [f for f in models_dir.glob(subfolder) if f.is_dir() and _complete(f, PASD_FILES)]
+    candidates = [f for f in local_dir.glob(source.folder) if f.is_dir() and _complete(f, source.files)]
     return max(candidates, key=step) if candidates else None
 
 
-def _snapshot(repo_id: str, patterns: list[str], models_dir: Path, what: str, instructions: str) -> None:
-    """snapshot_download into `models_dir`; any failure becomes a ModelError carrying `instructions`."""
+def _snapshot(source: HubFiles, local_dir: Path, instructions: str) -> None:
+    """snapshot_download into `local_dir`; any failure becomes a ModelError carrying `instructions`."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ModelError(f"cannot download {what}: the huggingface_hub package is not installed "
+        raise ModelError(f"cannot download {source.what}: the huggingface_hub package is not installed "
                          f"(pip install huggingface_hub). {instructions}") from None
     try:
-        snapshot_download(repo_id, allow_patterns=patterns, local_dir=str(models_dir))
+        snapshot_download(source.repo_id, allow_patterns=source.patterns(), local_dir=str(local_dir))
     except Exception as error:  # offline mode, DNS, HTTP, disk: all end the same way for the user
-        raise ModelError(f"cannot download {what} ({type(error).__name__}: {error}). {instructions}") from None
+        raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {error}). {instructions}") from None
 
 
-def _instructions(repo_id: str, subfolder: str, files: tuple[str, ...], target: Path) -> str:
-    """What to fetch by hand; `subfolder` may end in checkpoint-* (any step of that variant)."""
-    url = f"https://huggingface.co/{repo_id}/tree/main/{subfolder.replace('/checkpoint-*', '')}".rstrip("/")
-    inside = " (inside its checkpoint-<step> folder)" if subfolder.endswith("checkpoint-*") else ""
-    return (f"Download {', '.join(files)} from {url}{inside} and put them in {target}/, keeping the "
-            "subfolders.")
-
-
-def ensure_pasd_checkpoint(variant: str, models_dir: str | Path) -> Path:
-    """The folder (with unet/ and controlnet/) of a PASD checkpoint in `models_dir`, downloaded if absent."""
-    if variant not in PASD_VARIANTS:
-        raise ModelError(f"unknown PASD variant {variant!r}: use one of {', '.join(PASD_VARIANTS)}.")
-    models_dir = Path(models_dir)
-    subfolder = PASD_VARIANTS[variant]
-    found = _local_pasd_checkpoint(models_dir, subfolder)
+def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Path:
+    """The folder holding `source`'s files under `local_dir`, downloaded if absent; `hint` ends the
+    offline message (another way to get there)."""
+    local_dir = Path(local_dir)
+    found = _local(source, local_dir)
     if found is not None:
         return found
-    instructions = _instructions(PASD_REPO, subfolder, PASD_FILES,
-                                 models_dir / subfolder.replace("checkpoint-*", "checkpoint-<step>"))
-    # fnmatch patterns: '*' also matches '/', so checkpoint-* reaches the files below it
-    patterns = [f"{subfolder}/{name}" for name in PASD_FILES]
-    _snapshot(PASD_REPO, patterns, models_dir, f"the PASD '{variant}' checkpoint", instructions)
-    found = _local_pasd_checkpoint(models_dir, subfolder)
+    instructions = source.instructions(local_dir) + hint
+    _snapshot(source, local_dir, instructions)
+    found = _local(source, local_dir)
     if found is None:
-        raise ModelError(f"the download of the PASD '{variant}' checkpoint finished without its files "
-                         f"(the repository layout may have changed). {instructions}")
+        raise ModelError(f"the download of {source.what} finished without its files (the repository layout may "
+                         f"have changed). {instructions}")
     return found
 
 
-def ensure_sd15_base(models_dir: str | Path) -> Path:
-    """An SD1.5 diffusers folder (text_encoder, tokenizer, vae, scheduler) in `models_dir`, downloaded if absent."""
-    target = Path(models_dir) / SD15_FOLDER
-    if _complete(target, SD15_FILES):
-        return target
-    instructions = (_instructions(SD15_REPO, "", SD15_FILES, target)
-                    + " An SD1.5 single-file checkpoint (.safetensors) works as a base too.")
-    _snapshot(SD15_REPO, list(SD15_FILES), target, "the Stable Diffusion 1.5 base", instructions)
-    missing = [name for name in SD15_FILES if not (target / name).is_file()]
-    if missing:
-        raise ModelError(f"the download of the Stable Diffusion 1.5 base finished without {', '.join(missing)}. "
-                         f"{instructions}")
-    return target
+def ensure_pasd_checkpoint(variant: str, models_dir: str | Path) -> Path:
+    """The folder (unet/, controlnet/; PASD-SDXL also scheduler/) of a PASD checkpoint in `models_dir`
+    (ComfyUI's models/pasd), downloaded if absent."""
+    if variant not in PASD_VARIANTS:
+        raise ModelError(f"unknown PASD variant {variant!r}: use one of {', '.join(PASD_VARIANTS)}.")
+    return ensure_files(PASD_VARIANTS[variant], models_dir)
+
+
+def ensure_base(models_dir: str | Path, family: str = SD15) -> Path:
+    """The diffusers base folder of `family` (text encoders, tokenizers, VAE; SD1.5 also its scheduler) in
+    `models_dir` (ComfyUI's models/diffusers), downloaded if absent."""
+    source = BASES[family]
+    hint = (" An SD1.5 single-file checkpoint (.safetensors) works as a base too." if family == SD15 else
+            " An SDXL base single-file checkpoint (.safetensors, with both text encoders) works as a base too.")
+    return ensure_files(source, Path(models_dir) / source.repo_id.split("/")[1], hint)
+
+
+def ensure_fp16_fix_vae(models_dir: str | Path) -> Path:
+    """madebyollin/sdxl-vae-fp16-fix as a diffusers VAE folder in `models_dir` (ComfyUI's models/vae)."""
+    return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1])
