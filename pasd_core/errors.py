@@ -9,6 +9,11 @@ class ModelError(PASDError):
     """A checkpoint is missing, corrupt, or not what it claims to be."""
 
 
+class ModelMismatchError(ModelError, ValueError):
+    """Model files that do not belong together (a base, personalized model or LoRA of the other family): the user's
+    choice to change, so the CLI treats it as bad input."""
+
+
 class ModelNotFoundError(ModelError, FileNotFoundError):
     """A model name resolves to nothing in the models folders (a FileNotFoundError, as ComfyUI's loaders raise)."""
 

@@ -95,7 +95,8 @@ def test_a_base_of_the_other_family_is_refused_by_the_cli(tmp_path, capsys, base
     code = cli_main(["upscale", str(source), "-o", str(tmp_path / "out.png"), "--base-model", str(base),
                      "--pasd-model", str(pasd), "--device", "cpu", "--steps", "10"])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err and not (tmp_path / "out.png").exists()
+    # a wrong mix is the user's choice to change: bad input, exit 2
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "out.png").exists()
     assert all(word in err for word in words), err
 
 

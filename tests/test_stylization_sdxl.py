@@ -263,7 +263,8 @@ def test_every_bad_mix_exits_with_a_clear_message(tmp_path, capsys, personal, sd
              "sdxl_style": ("--style-model", personal[1]), "sdxl_lora": ("--lora", sdxl_lora)}
     extra = [files[file][0], str(files[file][1])] if file else []
     code, err, output = run_cli(tmp_path, capsys, base, pasd, *extra)
-    assert code == 1 and "Traceback" not in err and not output.exists()
+    # a wrong mix is the user's choice to change: bad input, exit 2
+    assert code == 2 and "Traceback" not in err and not output.exists()
     assert re.search("^error: .*" + message, err, re.MULTILINE), err  # (transformers' progress bars come before)
     if file:
         assert str(files[file][1]) in err

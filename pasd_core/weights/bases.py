@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelMismatchError
 from ..model_family import LABELS, SD15, SDXL
 from .base_model import BaseModel
 from .reader import CHECKPOINT_SUFFIXES, VAE_PREFIX, CheckpointFile, check_path, read_config, read_weights
@@ -26,11 +26,12 @@ def _what(family: str) -> str:
     return f"{LABELS[family]} base model"
 
 
-def _wrong_family(path: Path, found: str, family: str) -> ModelError:
+def _wrong_family(path: Path, found: str, family: str) -> ModelMismatchError:
     other = SD15 if family == SDXL else SDXL
     pasd = "PASD-SDXL (pasd_sdxl)" if other == SDXL else "the SD1.5 PASD models (pasd, pasd_light)"
-    return ModelError(f"{path} is an {LABELS[found]} base, but this PASD checkpoint is PASD-{LABELS[family]}: give "
-                      f"an {LABELS[family]} base (e.g. {EXAMPLES[family]}), or use {pasd} with this base.")
+    return ModelMismatchError(f"{path} is an {LABELS[found]} base, but this PASD checkpoint is "
+                              f"PASD-{LABELS[family]}: give an {LABELS[family]} base (e.g. {EXAMPLES[family]}), "
+                              f"or use {pasd} with this base.")
 
 
 def folder_family(folder: Path) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelMismatchError
 from ..model_family import LABELS, SD15, SDXL, family_of
 from ..params import BY_NAME
 from .reader import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind
@@ -127,9 +127,10 @@ def _as_tuple(text_encoders: TextEncoders, family: str) -> tuple[nn.Module, ...]
     return encoders
 
 
-def _wrong_family(path: Path, what: str, found: str, family: str) -> ModelError:
-    return ModelError(f"{path} is an {LABELS[found]} {what}, but this PASD checkpoint is PASD-{LABELS[family]}: "
-                      f"give an {LABELS[family]} {what}, or use this one with {PASD_OF[found]}.")
+def _wrong_family(path: Path, what: str, found: str, family: str) -> ModelMismatchError:
+    return ModelMismatchError(f"{path} is an {LABELS[found]} {what}, but this PASD checkpoint is "
+                              f"PASD-{LABELS[family]}: give an {LABELS[family]} {what}, or use this one with "
+                              f"{PASD_OF[found]}.")
 
 
 def _sd_unet_keys(unet: nn.Module) -> list[str]:

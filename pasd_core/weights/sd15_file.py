@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelMismatchError
 from ..model_family import SD15
 from .base_model import BaseModel
 from .reader import CLIP_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind, read_config
@@ -36,7 +36,7 @@ def require_sd15(checkpoint: CheckpointFile, needs: Mapping[str, str]) -> None:
     path, kind = checkpoint.path, checkpoint_kind(checkpoint.keys)
     sd15 = "PASD needs an SD1.5 base (Stable Diffusion 1.5 or a model fine-tuned from it)"
     if kind == "sdxl":
-        raise ModelError(f"{path} looks like an SDXL checkpoint, {sd15}.")
+        raise ModelMismatchError(f"{path} looks like an SDXL checkpoint, {sd15}.")
     if kind == "sd2":
         raise ModelError(f"{path} looks like an SD2.x checkpoint (OpenCLIP text encoder), {sd15}.")
     if kind == "lora":

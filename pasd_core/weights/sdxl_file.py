@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelMismatchError
 from ..model_family import SDXL
 from .base_model import BaseModel
 from .reader import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind, read_config
@@ -81,7 +81,7 @@ def require_sdxl_base(checkpoint: CheckpointFile) -> None:
     if kind == "sd1" and has(UNET_PREFIX + "label_emb."):
         raise ModelError(f"{path} holds an SDXL UNet without its text encoders: {NEEDS}.")
     if kind == "sd1":
-        raise ModelError(f"{path} looks like an SD1.x checkpoint (one CLIP text encoder, 768 wide): {NEEDS}. "
+        raise ModelMismatchError(f"{path} looks like an SD1.x checkpoint (one CLIP text encoder, 768 wide): {NEEDS}. "
                          "An SD1.5 model works with the SD1.5 PASD models (pasd, pasd_light) instead.")
     if kind == "sd2":
         raise ModelError(f"{path} looks like an SD2.x checkpoint (one OpenCLIP text encoder): {NEEDS}.")
