@@ -1,21 +1,29 @@
-"""What one denoising step costs at the real SD1.5 size, and what the sampler itself adds to it.
+"""What one denoising step costs at the real SD1.5 and SDXL sizes, and what the sampler itself adds to it.
 
-Builds the SD1.5-sized PASD networks in memory with random weights (UNet 320-640-1280-1280 with
-PACA, its ControlNet with conditioning channels 16-32-96-256, the real-size CLIP text encoder and
-VAE, from the configs shipped in pasd_core/sd15/), runs `PASDPipeline.upscale` on CPU in fp32
-and times each module from the outside (torch hooks and wrapped methods; the engine is not
-changed). A step is the time between two consecutive scheduler steps; what is neither ControlNet,
-UNet nor scheduler is the sampler's own overhead. Also counts the calls that must happen once
-(text encoder twice a run, the condition embedding once per image or tile) or never (`to_rgbs`).
+Builds the real-size PASD networks in memory with random weights, from the configs shipped in
+pasd_core/weights/{sd15,sdxl}/: SD1.5 (UNet 320-640-1280-1280 with PACA, ~0.9 B parameters) or SDXL
+(UNet 320-640-1280 with PACA, ~2.6 B), each with its ControlNet (conditioning channels 16-32-96-256, as
+diffusers' ControlNetModel.from_unet makes it), the real-size VAE and CLIP text encoder(s). Runs
+`PASDPipeline.upscale` on CPU in fp32 and times each module from the outside (torch hooks and wrapped
+methods; the engine is not changed). A step is the time between two consecutive scheduler steps; what is
+neither ControlNet, UNet nor scheduler is the sampler's own overhead. Also counts the calls that must happen
+once (text encoders twice a run, the condition embedding once per image or tile) or never (`to_rgbs`).
 
-Run: python bench/bench_step_cost.py [--size 256] [--steps 10] [--variants pasd pasd_light]
+SDXL runs keep the UNet and ControlNet whole (15 GB in fp32) but cut both text encoders to 2 layers at their
+real widths: they run twice a run, never inside a step, and whole they would add 3 GB (too much beside the
+rest on a 24 GB machine). Its tokenizers and the PASD-SDXL checkpoint's Euler scheduler config come from the
+SDXL parity fixtures (the real CLIP BPE files and the published scheduler_config.json).
+
+Run: python bench/bench_step_cost.py [--family sd15 sdxl] [--size 256] [--steps 10] [--variants pasd pasd_light]
      [--no-tiled-check] [--channels-last]
-Needs about 8 GiB of RAM; the figures are seconds on this machine's CPU (never pass/fail).
+Needs about 8 GiB of RAM for SD1.5 and 17 GiB for SDXL (one family in memory at a time); the figures are
+seconds on this machine's CPU (never pass/fail).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import json
 import math
@@ -26,23 +34,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import add_project_to_path, machine_header, print_table, torch_threads_note
+from common import ROOT, add_project_to_path, machine_header, print_table, torch_threads_note
 from PIL import Image
 
 add_project_to_path()
 
 from pasd_core.engine import sampler as sampler_module  # noqa: E402
+from pasd_core.engine.family import FAMILIES  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.engine.sampler import SamplerModels  # noqa: E402
+from pasd_core.model_family import LABELS, SD15, SDXL  # noqa: E402
 from pasd_core.models import PASDControlNet, PASDUNet  # noqa: E402
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR  # noqa: E402
+from pasd_core.weights.sdxl_file import SDXL_CONFIG_DIR  # noqa: E402
 
-# PASD's ControlNet is diffusers' ControlNetModel.from_unet(SD1.5 UNet) with the default embedding channels
+CONFIG_DIRS = {SD15: SD15_CONFIG_DIR, SDXL: SDXL_CONFIG_DIR}
+# What the shipped SDXL configs leave out: the CLIP BPE tokenizers and the PASD-SDXL checkpoint's scheduler
+SDXL_FIXTURES = ROOT / "tests" / "fixtures" / "pasd_sdxl_official_tiny" / "checkpoints"
+DEFAULT_VARIANTS = {SD15: ["pasd", "pasd_light"], SDXL: ["pasd"]}  # PASD-SDXL is published as `pasd` only
+SDXL_TEXT_LAYERS = 2
+# PASD's ControlNet is diffusers' ControlNetModel.from_unet(SD UNet) with the default embedding channels
 CONDITIONING_CHANNELS = (16, 32, 96, 256)
 
 
-def read_json(part: str, name: str = "config.json") -> dict[str, Any]:
-    return json.loads((SD15_CONFIG_DIR / part / name).read_text())
+def read_json(part: str, name: str = "config.json", family: str = SD15) -> dict[str, Any]:
+    return json.loads((CONFIG_DIRS[family] / part / name).read_text())
 
 
 def controlnet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
@@ -70,9 +86,10 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def build_pasd(variant: str) -> tuple[PASDUNet, PASDControlNet]:
-    """SD1.5-sized PASD UNet and ControlNet, built on the meta device then filled in place (no double init)."""
-    unet_config = read_json("unet")
+def build_pasd(variant: str, family: str = SD15) -> tuple[PASDUNet, PASDControlNet]:
+    """Real-size PASD UNet and ControlNet of `family`, built on the meta device then filled in place (no double
+    init), seeded: the same weights every time."""
+    unet_config = read_json("unet", family=family)
     with torch.device("meta"):
         unet = PASDUNet.from_pasd_config(unet_config, variant)
         controlnet = PASDControlNet.from_pasd_config(controlnet_config(unet_config),
@@ -80,17 +97,44 @@ def build_pasd(variant: str) -> tuple[PASDUNet, PASDControlNet]:
     return (randomize_(unet.to_empty(device="cpu"), 1), randomize_(controlnet.to_empty(device="cpu"), 2))
 
 
-def build_base() -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Real-size SD1.5 tokenizer, CLIP text encoder and VAE (random weights) and the scheduler config."""
+def build_base(family: str = SD15, text_layers: int | None = None) -> dict[str, Any]:
+    """Real-size tokenizer(s), CLIP text encoder(s) and VAE of `family` with seeded random weights, as
+    SamplerModels fields. `text_layers` cuts the text encoders' depth; their widths stay."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    def text_encoder(model_class: type, part: str) -> Any:
+        config = CLIPTextConfig.from_json_file(str(CONFIG_DIRS[family] / part / "config.json"))
+        config.num_hidden_layers = text_layers or config.num_hidden_layers
+        # float(): text_encoder_2's config says float16, which would leave some of its layers in half precision
+        return model_class(config).float().eval().requires_grad_(False)
 
     torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(str(SD15_CONFIG_DIR / "tokenizer"), local_files_only=True)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(SD15_CONFIG_DIR / "text_encoder" / "config.json")))
-    vae = AutoencoderKL.from_config(read_json("vae"))
-    return (tokenizer, text_encoder.eval().requires_grad_(False), vae.eval().requires_grad_(False),
-            read_json("scheduler", "scheduler_config.json"))
+    tokenizers = SD15_CONFIG_DIR if family == SD15 else SDXL_FIXTURES / "stable-diffusion-xl-base-1.0"
+    parts = {"tokenizer": CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer"), local_files_only=True),
+             "text_encoder": text_encoder(CLIPTextModel, "text_encoder"),
+             "vae": AutoencoderKL.from_config(read_json("vae", family=family)).eval().requires_grad_(False)}
+    if family == SDXL:
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer_2"), local_files_only=True)
+        parts["text_encoder_2"] = text_encoder(CLIPTextModelWithProjection, "text_encoder_2")
+    return parts
+
+
+def make_scheduler(family: str) -> Any:
+    """A fresh scheduler as the engine makes it: UniPC from SD1.5's config, Euler from PASD-SDXL's own."""
+    from diffusers import EulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if family == SD15:
+        return UniPCMultistepScheduler.from_config(read_json("scheduler", "scheduler_config.json"))
+    path = SDXL_FIXTURES / "pasd_sdxl" / "checkpoint-200000" / "scheduler" / "scheduler_config.json"
+    return EulerDiscreteScheduler.from_config(json.loads(path.read_text()))
+
+
+def sampler_models(family: str, base: dict[str, Any], unet: PASDUNet, controlnet: PASDControlNet,
+                   dtype: torch.dtype = torch.float32) -> SamplerModels:
+    """The models of one run on CPU (PASDPipeline.to moves and casts them)."""
+    return SamplerModels(**base, unet=unet, controlnet=controlnet, scheduler=make_scheduler(family),
+                         device=torch.device("cpu"), dtype=dtype, family=FAMILIES[family])
 
 
 def parameters_m(module: torch.nn.Module) -> float:
@@ -157,6 +201,8 @@ class Recorder:
 def watch(pipeline: PASDPipeline) -> Recorder:
     m, recorder = pipeline.models, Recorder()
     recorder.module("text_encoder", m.text_encoder)
+    if m.text_encoder_2 is not None:
+        recorder.module("text_encoder_2", m.text_encoder_2)
     recorder.module("controlnet", m.controlnet)
     recorder.module("unet", m.unet)
     for conv in m.controlnet.controlnet_cond_embedding.to_rgbs:
@@ -205,56 +251,69 @@ def step_row(label: str, recorder: Recorder, steps: int, tiles: int) -> list[str
 
 def run_row(label: str, recorder: Recorder, wall: float, tiles: int) -> list[str]:
     denoise = sum(e - s for n, s, e, _ in recorder.events if n in ("controlnet", "unet", "scheduler.step"))
-    return [label, f"{wall:.1f}", f"{recorder.total('text_encoder'):.2f}", f"{recorder.total('vae.encode'):.2f}",
+    text = recorder.total("text_encoder") + recorder.total("text_encoder_2")
+    text_calls = "+".join(str(recorder.counts[n]) for n in ("text_encoder", "text_encoder_2") if recorder.counts[n])
+    return [label, f"{wall:.1f}", f"{text:.2f}", f"{recorder.total('vae.encode'):.2f}",
             f"{denoise:.1f}", f"{recorder.total('vae.decode'):.2f}", f"{recorder.total('color_fix') * 1e3:.0f} ms",
-            str(recorder.counts["text_encoder"]), f"{recorder.counts['condition_embedding']} ({tiles} tile"
+            text_calls, f"{recorder.counts['condition_embedding']} ({tiles} tile"
             f"{'s' if tiles > 1 else ''})", str(recorder.counts["to_rgbs"])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", nargs="+", choices=(SD15, SDXL), default=[SD15],
+                        help="model families to measure, in one set of tables (default sd15)")
     parser.add_argument("--size", type=int, default=256, help="input = control image side in pixels (latent /8)")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps (the parameter table's minimum is 10)")
-    parser.add_argument("--variants", nargs="+", default=["pasd", "pasd_light"])
+    parser.add_argument("--variants", nargs="+", help="default: pasd pasd_light for sd15, pasd for sdxl")
     parser.add_argument("--no-tiled-check", dest="tiled_check", action="store_false",
-                        help="skip the small tiled `pasd` run that counts condition embeddings per tile")
+                        help="skip the small tiled SD1.5 `pasd` run that counts condition embeddings per tile")
     parser.add_argument("--channels-last", action="store_true",
                         help="also run each variant after accelerate(channels_last=True) (CPU: expect no gain)")
     args = parser.parse_args()
 
-    print(machine_header("PASD step cost at the SD1.5 size (CPU, fp32, random weights)"))
+    names = " and ".join(LABELS[family] for family in args.family)
+    print(machine_header(f"PASD step cost at the {names} size (CPU, fp32, random weights)"))
     print(torch_threads_note())
     settings = {"scale": 1, "process_size": args.size, "steps": args.steps, "guidance_scale": 7.0, "seed": 0}
     print(f"input {args.size}x{args.size} px, scale 1 -> latent {args.size // 8}x{args.size // 8}; {args.steps} steps; "
-          "guidance 7.0 (CFG on); colour fix wavelet; real-size text encoder and VAE")
-    tokenizer, text_encoder, vae, scheduler_config = build_base()
-    from diffusers import UniPCMultistepScheduler
+          "guidance 7.0 (CFG on); colour fix wavelet; real-size VAE and text encoders"
+          + (f" (SDXL's cut to {SDXL_TEXT_LAYERS} layers)" if SDXL in args.family else ""))
 
-    # (variant, settings, input side, channels_last), grouped by variant so each variant's weights are built once
-    cases: list[tuple[str, dict[str, Any], int, bool]] = []
-    for variant in args.variants:
-        cases.append((variant, settings, args.size, False))
-        if args.tiled_check and variant == "pasd":  # 3/4 of the side in tiles of 2/3 of its latent: 2×2 tiles
-            side = args.size * 3 // 4 // 8 * 8
-            cases.append((variant, {**settings, "process_size": side, "latent_tile_size": side // 12 // 8 * 8,
-                                    "latent_tile_overlap": 8}, side, False))
-        if args.channels_last:
-            cases.append((variant, settings, args.size, True))
+    # (family, variant, settings, input side, channels_last), grouped so each family and variant is built once
+    cases: list[tuple[str, str, dict[str, Any], int, bool]] = []
+    for family in args.family:
+        for variant in args.variants or DEFAULT_VARIANTS[family]:
+            cases.append((family, variant, settings, args.size, False))
+            if args.tiled_check and family == SD15 and variant == "pasd":  # 3/4 of the side in tiles of 2/3: 2×2
+                side = args.size * 3 // 4 // 8 * 8
+                cases.append((family, variant, {**settings, "process_size": side,
+                                                "latent_tile_size": side // 12 // 8 * 8, "latent_tile_overlap": 8},
+                              side, False))
+            if args.channels_last:
+                cases.append((family, variant, settings, args.size, True))
     step_rows, run_rows, sizes = [], [], []
-    built: dict[str, tuple[PASDUNet, PASDControlNet]] = {}
-    for variant, case_settings, side, channels_last in cases:
-        if variant not in built:
-            built.clear()  # one variant's weights in memory at a time
-            built[variant] = build_pasd(variant)
-            unet, controlnet = built[variant]
-            sizes.append([variant, f"{parameters_m(unet):.0f}M", f"{parameters_m(controlnet):.0f}M",
-                          f"{parameters_m(text_encoder):.0f}M", f"{parameters_m(vae):.0f}M"])
-        unet, controlnet = built[variant]
-        models = SamplerModels(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, unet=unet,
-                               controlnet=controlnet, scheduler=UniPCMultistepScheduler.from_config(scheduler_config),
-                               device=torch.device("cpu"), dtype=torch.float32)
-        pipeline = PASDPipeline(models, variant)
-        label = variant
+    base: dict[str, Any] = {}
+    built: dict[tuple[str, str], tuple[PASDUNet, PASDControlNet]] = {}
+    for family, variant, case_settings, side, channels_last in cases:
+        if (family, variant) not in built:
+            pipeline = unet = controlnet = None  # one family's and variant's weights in memory at a time
+            built.clear()
+            if base.get("family") != family:
+                base.clear()
+                gc.collect()
+                base.update(family=family, parts=build_base(family, SDXL_TEXT_LAYERS if family == SDXL else None))
+            gc.collect()
+            built[family, variant] = build_pasd(variant, family)
+            unet, controlnet = built[family, variant]
+            parts = base["parts"]
+            text = "+".join(f"{parameters_m(parts[n]):.0f}M" for n in ("text_encoder", "text_encoder_2") if n in parts)
+            sizes.append([f"{family} {variant}", f"{parameters_m(unet):.0f}M", f"{parameters_m(controlnet):.0f}M",
+                          text + (f" ({SDXL_TEXT_LAYERS} layers)" if family == SDXL else ""),
+                          f"{parameters_m(parts['vae']):.0f}M"])
+        unet, controlnet = built[family, variant]
+        pipeline = PASDPipeline(sampler_models(family, base["parts"], unet, controlnet), variant)
+        label = f"{family} {variant}"
         if channels_last:
             from pasd_core.engine.acceleration import accelerate
 
@@ -265,14 +324,14 @@ def main() -> None:
             label += f" {side}px tiled {case_settings['latent_tile_size']}"
         recorder, wall = run(pipeline, case_settings, side)
         if channels_last:
-            for module in (unet, controlnet, vae):
+            for module in (unet, controlnet, base["parts"]["vae"]):
                 module.to(memory_format=torch.contiguous_format)
         step_rows.append(step_row(label, recorder, args.steps, tiles))
         run_rows.append(run_row(label, recorder, wall, tiles))
         recorder.close()
         print(f"  done: {label} in {wall:.1f} s", flush=True)
 
-    print_table("Model sizes (parameters)", ["variant", "UNet", "ControlNet", "text encoder", "VAE"], sizes)
+    print_table("Model sizes (parameters)", ["model", "UNet", "ControlNet", "text encoders", "VAE"], sizes)
     print_table("Per denoising step (median over steps 2..N; one step = one scheduler step to the next)",
                 ["run", "step s", "ControlNet s", "UNet s", "scheduler", "sampler overhead", "overhead/step",
                  "ControlNet calls/step/tile", "UNet calls/step/tile", "batch"], step_rows)
@@ -280,7 +339,8 @@ def main() -> None:
                 ["run", "wall s", "text enc s", "VAE enc s", "CN+UNet+sched s", "VAE dec s", "colour fix",
                  "text enc calls", "cond. embeddings", "to_rgbs calls"], run_rows)
     print("\nTargets: sampler overhead < 5% of a step; ControlNet and UNet once per step with batch 2 (CFG pair);"
-          " text encoder 2 calls per run; one condition embedding per image (per tile); to_rgbs 0 calls.")
+          " each text encoder 2 calls per run; one condition embedding per image (per tile); to_rgbs 0 calls."
+          " SDXL encodes nothing with the VAE (its start is pure noise).")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""GPU tier: half precision against fp32, and the memory and time of fal's job (SDXL, 1024² → 2048², ×2, 25 steps).
+
+Skipped without a CUDA GPU. On a GPU machine (the figures are printed, hence -s):
+    .venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py
+The networks are the real-size PASD-SD1.5 and PASD-SDXL (UNet with PACA, ControlNet, both text encoders,
+VAE) with seeded random weights, built by bench/bench_step_cost.py: no download, the real architectures'
+memory and speed, meaningless pictures. The tiny parity fixtures would say nothing about either.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from pasd_core.engine.device import resolve_dtype
+from pasd_core.engine.pipeline import PASDPipeline
+from pasd_core.model_family import SD15, SDXL
+
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_step_cost import build_base, build_pasd, sampler_models  # noqa: E402
+from bench_step_cost import test_image as photo  # noqa: E402  (renamed: pytest would collect test_image)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; on one, run "
+                       ".venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py"),
+]
+
+DEVICE = torch.device("cuda")
+GIB = 1024**3
+# Each family at its native size: SD1.5 384² ×2 = 768² (its process_size), SDXL 512² ×2 = 1024²; one latent tile.
+PARITY_INPUT = {SD15: 384, SDXL: 512}
+PARITY_SETTINGS = {"scale": 2, "steps": 25, "seed": 0}
+OFFICIAL_INPUT = 1024
+OFFICIAL_SETTINGS = {"scale": 2, "steps": 25, "seed": 0}  # the rest are fal's (the table's) defaults
+
+
+def load(family: str, dtype: torch.dtype) -> PASDPipeline:
+    """The real-size PASD of `family` on the GPU in `dtype`; the same seeded weights on every call."""
+    unet, controlnet = build_pasd("pasd", family)
+    return PASDPipeline(sampler_models(family, build_base(family), unet, controlnet, dtype), "pasd").to(DEVICE)
+
+
+def upscale(family: str, dtype: torch.dtype) -> np.ndarray:
+    pipeline = load(family, dtype)
+    image = pipeline.upscale(photo(PARITY_INPUT[family]), PARITY_SETTINGS)
+    del pipeline
+    gc.collect()
+    torch.cuda.empty_cache()
+    return np.asarray(image, dtype=np.float64) / 255
+
+
+@pytest.fixture(scope="module")
+def fp32_images() -> Callable[[str], np.ndarray]:
+    """Each family's fp32 result, made on first use. TF32 off: with it, "fp32" convolutions round to 10 bits."""
+    images: dict[str, np.ndarray] = {}
+
+    def image(family: str) -> np.ndarray:
+        if family not in images:
+            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                images[family] = upscale(family, torch.float32)
+            finally:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        return images[family]
+
+    return image
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("family", [SD15, SDXL])
+def test_half_precision_agrees_with_fp32(family, dtype, fp32_images):
+    """Within 1/255 on average over the image. Not at every pixel: half precision rounds every operation and
+    25 steps carry it on, so single pixels may move by more; the printed figures say how far."""
+    reference, half = fp32_images(family), upscale(family, dtype)
+    difference = np.abs(half - reference)
+    print(f"\n{family} {dtype}: mean |difference| {difference.mean() * 255:.3f}/255, "
+          f"max {difference.max() * 255:.0f}/255, {(difference > 1.5 / 255).mean():.2%} of values off by more than 1")
+    assert half.shape == reference.shape
+    assert difference.mean() <= 1 / 255
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipeline() -> PASDPipeline:
+    """PASD-SDXL in the precision a user gets on this GPU by default (dtype auto: bf16, as the official script)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return load(SDXL, resolve_dtype("auto", DEVICE, SDXL))
+
+
+def test_peak_memory_of_the_official_sdxl_job(sdxl_pipeline):
+    """What a run adds on top of its weights stays within what the node asks ComfyUI to free for it
+    (PASDPipeline.memory_required: the weights plus the VAE's peak); above that, ComfyUI could free too little."""
+    before = torch.cuda.memory_allocated(DEVICE)  # the weights
+    torch.cuda.reset_peak_memory_stats(DEVICE)
+    sdxl_pipeline.upscale(photo(OFFICIAL_INPUT), OFFICIAL_SETTINGS)
+    peak = torch.cuda.max_memory_allocated(DEVICE)
+    allowance = sdxl_pipeline.memory_required() - sdxl_pipeline.weight_bytes()
+    print(f"\nSDXL {OFFICIAL_INPUT}² ×2, {sdxl_pipeline.models.dtype}: peak {peak / GIB:.2f} GiB = weights "
+          f"{before / GIB:.2f} + run {(peak - before) / GIB:.2f} (allowance {allowance / GIB:.2f}); "
+          f"{torch.cuda.get_device_name(DEVICE)}")
+    assert peak - before <= allowance
+
+
+def test_time_per_image_of_the_official_sdxl_job(sdxl_pipeline):
+    """Printed, never asserted: a figure for the README, on the GPU named."""
+    sdxl_pipeline.upscale(photo(256), {**OFFICIAL_SETTINGS, "steps": 10})  # warm-up: kernels loaded, allocator grown
+    torch.cuda.synchronize(DEVICE)
+    start = time.perf_counter()
+    image = sdxl_pipeline.upscale(photo(OFFICIAL_INPUT), OFFICIAL_SETTINGS)
+    torch.cuda.synchronize(DEVICE)
+    seconds = time.perf_counter() - start
+    print(f"\nSDXL {OFFICIAL_INPUT}² → {image.width}×{image.height}, {OFFICIAL_SETTINGS['steps']} steps, "
+          f"{sdxl_pipeline.models.dtype}: {seconds:.1f} s per image on {torch.cuda.get_device_name(DEVICE)}")
+    assert image.size == (2 * OFFICIAL_INPUT, 2 * OFFICIAL_INPUT)
