@@ -165,7 +165,7 @@ def test_planned_steps_are_what_the_progress_bar_counts(tiny_pipeline):
     for (width, height), settings in [((16, 16), FAST_SETTINGS), ((300, 40), {"latent_tile_size": 16}),
                                       ((97, 203), {"scale": 3, "process_size": 128, "latent_tile_size": 24,
                                                    "latent_tile_overlap": 5})]:
-        full = {**defaults(), **settings}
+        full = pipeline.settings({**defaults(), **settings})  # `auto` values resolved, as every front end does
         assert work_limits.denoising_calls(width, height, full) == pipeline.count_steps(width, height, full)
 
 
