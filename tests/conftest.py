@@ -87,3 +87,24 @@ def stub(monkeypatch, fal_env):
         monkeypatch.setenv("FAL_QUEUE_URL", server.url)
         monkeypatch.setenv("FAL_REST_URL", server.url)
         yield server
+
+
+@pytest.fixture
+def delays():
+    """Back-off waits the fal client asked for (recorded instead of slept)."""
+    return []
+
+
+@pytest.fixture
+def client(delays):
+    """A FalQueueClient factory with quick polls and retries, for the stub."""
+    from pasd_core.fal import FalQueueClient, RetryPolicy
+
+    fast_retry = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, jitter=0.0)
+
+    def make(**options):
+        settings = {"poll_interval": 0.01, "retry": fast_retry, "sleep": delays.append, "timeout": 10.0,
+                    "http_timeout": 5.0, **options}
+        return FalQueueClient(**settings)
+
+    return make

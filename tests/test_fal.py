@@ -26,22 +26,6 @@ FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, jitter=0.0
 pytestmark = pytest.mark.usefixtures("fal_env")
 
 
-@pytest.fixture
-def delays():
-    """Back-off waits the client asked for (recorded instead of slept)."""
-    return []
-
-
-@pytest.fixture
-def client(delays):
-    def make(**options) -> FalQueueClient:
-        settings = {"poll_interval": 0.01, "retry": FAST_RETRY, "sleep": delays.append, "timeout": 10.0,
-                    "http_timeout": 5.0, **options}
-        return FalQueueClient(**settings)
-
-    return make
-
-
 def decode_data_uri(uri: str) -> Image.Image:
     assert uri.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(uri.partition(",")[2]))) as image:

@@ -34,21 +34,6 @@ def elsewhere():
         yield server
 
 
-@pytest.fixture
-def delays():
-    return []
-
-
-@pytest.fixture
-def client(delays):
-    def make(**options) -> FalQueueClient:
-        settings = {"poll_interval": 0.01, "retry": FAST_RETRY, "sleep": delays.append, "timeout": 10.0,
-                    "http_timeout": 5.0, **options}
-        return FalQueueClient(**settings)
-
-    return make
-
-
 def failure(client: FalQueueClient, **callbacks) -> FalError:
     with pytest.raises(FalError) as caught:
         client.upscale_batch([picture()], {}, **callbacks)
