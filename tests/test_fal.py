@@ -21,7 +21,6 @@ from pasd_core.fal.images import png_bytes, png_data_uri
 from pasd_core.fal.transport import Budget
 from pasd_core.params import REMOTE_PARAMS, ParamError, defaults
 
-FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, jitter=0.0)
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")
 

@@ -20,9 +20,8 @@ import pytest
 from fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 from pasd_core.errors import Interrupted
-from pasd_core.fal import FalError, FalQueueClient, RetryPolicy
+from pasd_core.fal import FalError, FalQueueClient
 
-FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, jitter=0.0)
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")
 
