@@ -10,9 +10,10 @@ import torch
 
 from .sampler import OFFICIAL_VAE_TILES
 
-# SD's VAE decoder at full resolution keeps a few 128-channel maps alive, plus lower-resolution ones:
-# about 1,000 values per output pixel at its peak (measured order of magnitude, rounded up).
-_VAE_VALUES_PER_PIXEL = 1000
+# SD's VAE decoder at full resolution keeps a few 128-channel maps alive, plus lower-resolution ones. Measured on
+# an H200 (tests/test_gpu.py, 2026-11-26): an untiled 2048² SDXL decode in bf16 added 1,223 values per output pixel
+# to the weights; rounded up by a fifth so the memory asked of ComfyUI covers it.
+_VAE_VALUES_PER_PIXEL = 1500
 _SMALLEST_TILE = 256
 
 
