@@ -51,6 +51,7 @@ def test_patched_model_call_matches_engine(variant: str) -> None:
     assert figures["adapter_loaded_with_model"] and figures["control_loaded_with_model"], figures
     assert figures["adapter_unloaded"], figures
     assert figures["max_abs_diff_after_reload"] < TOLERANCE, figures
+    assert figures["sampled_finite"] and figures["sampled_shape"] == [1, 4, 8, 8], figures
     assert figures["base_unpatched_after_plain_run"], "the object patches leaked into the unpatched MODEL"
     refusals = figures["refusals"]
     assert "already carries a PASD adapter" in refusals["applied_twice"], refusals
