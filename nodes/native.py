@@ -12,6 +12,7 @@ from .local import PASD_CHECKPOINT_MARKERS
 
 SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
+UNTILED = 2**31  # a latent tile larger than any image
 
 
 class PASDAdapterLoader(DeclaredNode):
@@ -86,12 +87,17 @@ class PASDApply(DeclaredNode):
         import torch
 
         from ..pasd_core.engine.sampler import control_image_for
+        from ..pasd_core.engine.work_limits import check_planned_work
         from .native_patch import check_model, patch_model
 
         adapter = pasd_adapter
         settings = table.for_family(table.validate(params, tuple(table.BY_NAME[n] for n in APPLY_PARAMS)),
                                     adapter.family)
-        check_model(model, adapter)  # before any pixel work
+        image = images.checked(image)
+        # the engine's cap on the control image; steps and tiles are KSampler's business here: one untiled call
+        check_planned_work(image.shape[2], image.shape[1], {**settings, "steps": 1, "latent_tile_size": UNTILED,
+                                                            "latent_tile_overlap": 0})  # before any model or pixel work
+        check_model(model, adapter)
         controls = [control_image_for(picture, settings["scale"], settings["process_size"])
                     for picture in images.to_pil(image)]
         control = images.to_batch(controls)  # [B, H, W, 3], one size for the whole batch

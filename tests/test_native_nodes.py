@@ -72,3 +72,26 @@ def test_missing_checkpoint_names_the_folder_searched(models_dir: Path) -> None:
 def test_a_name_leaving_the_models_folder_is_refused(models_dir: Path) -> None:
     with pytest.raises(table.ParamError, match="not a model name"):
         native.PASDAdapterLoader().load("../" + str(CHECKPOINTS / "pasd"))
+
+
+def test_apply_refuses_a_control_image_over_the_engines_cap_before_touching_the_model() -> None:
+    import torch
+
+    class Adapter:  # only the family is read before the size check
+        family = "sd15"
+
+    huge = torch.zeros(1, 1, 1, 3).expand(1, 2100, 2100, 3)  # ×4: 8400² control pixels, over 8192²
+    with pytest.raises(errors.InputImageError, match=r"plans a 8400×8400 control image"):
+        native.PASDApply().apply(object(), [], [], object(), huge, Adapter(), scale=4, conditioning_scale=0.8,
+                                 process_size=0)
+
+
+def test_apply_refuses_a_setting_out_of_range_by_name() -> None:
+    import torch
+
+    class Adapter:
+        family = "sd15"
+
+    with pytest.raises(table.ParamError, match="conditioning_scale"):
+        native.PASDApply().apply(object(), [], [], object(), torch.zeros(1, 8, 8, 3), Adapter(), scale=2,
+                                 conditioning_scale=5.0, process_size=0)
