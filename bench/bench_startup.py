@@ -6,7 +6,8 @@ measured on the same machine at the same time: `--repo /path/to/other/checkout` 
 first is the baseline of the ratios). Each tree is imported from its own folder.
 
 What is timed, per tree:
-- pack entry: importing the pack's `__init__` as ComfyUI does at start-up (node listing), and CLI `--help`;
+- paths that load no model: importing the pack's `__init__` as ComfyUI does at start-up (node listing), CLI
+  `--help`, and a CLI run refused as bad input (over the work limit) after every check that needs no model;
 - tiny run: the CLI (`python -m pasd_core upscale`, in-process `main()`) on the SD1.5 parity fixture
   (64² input, process size 64, 10 steps); medium run: the same on a medium-size random-weight PASD (UNet and
   ControlNet 64-128-256-256) on a real-size SD1.5 text encoder and VAE (bench/medium_checkpoint.py, built once
@@ -20,7 +21,7 @@ update minus the median step: when the first step starts. The library floor is t
 process, only the torch, diffusers and transformers modules a run needs: no change in this project can go below
 it. Never asserts on time: it prints tables.
 
-Run: python bench/bench_startup.py [--repo PATH ...] [--repeats 5] [--no-medium] [--cache DIR]
+Run: python bench/bench_startup.py [--repo PATH ...] [--repeats 5] [--cheap-only] [--no-medium] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -130,14 +131,16 @@ def environment(threads: int) -> dict[str, str]:
     return env
 
 
-def wall(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(wall, CPU) seconds from launch to exit of `command` (which must succeed). CPU time (user + system) moves
-    less than wall time when other jobs share the machine."""
+def wall(command: list[str], cwd: Path, env: dict[str, str], code: int = 0) -> tuple[float, float]:
+    """(wall, CPU) seconds from launch to exit of `command`, which must exit with `code`. CPU time (user + system)
+    moves less than wall time when other jobs share the machine."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != code:
+        raise RuntimeError(f"{command[:4]} in {cwd} exited {done.returncode}, not {code}:\n{done.stderr[-3000:]}")
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -202,12 +205,54 @@ def both(samples: list[tuple[float, float]]) -> str:
     return f"{median([w for w, _ in samples]):.2f} ({median([c for _, c in samples]):.2f})"
 
 
+def cheap_paths(repo: Path, work: Path) -> dict[str, tuple[list[str], int]]:
+    """Paths that load no model: (command, expected exit code) of each."""
+    entry = f"import importlib.util, sys; s = importlib.util.spec_from_file_location('comfyui_pasd', " \
+            f"{str(repo / '__init__.py')!r}, submodule_search_locations=[{str(repo)!r}]); " \
+            "m = importlib.util.module_from_spec(s); sys.modules['comfyui_pasd'] = m; s.loader.exec_module(m)"
+    # 64² ×4 enlarged to 4096², tiles of 16, 50 steps: far over the work limit, refused before any model loads
+    refused = [*cli_arguments(*TINY, TINY_INPUT, work / "refused.png", 4096, 50), "--scale", "4",
+               "--latent-tile-size", "16"]
+    return {"entry": (["-c", entry], 0), "help": (["-m", "pasd_core", "upscale", "--help"], 0),
+            "refused": (["-m", "pasd_core", *refused], 2)}
+
+
+def print_runs(runs: dict[str, Any], repos: list[Path], figures: dict[tuple[Path, str], list[Any]],
+               library: list[tuple[float, float]]) -> None:
+    phase_rows, ratio_rows = [], []
+    for name in runs:
+        for repo in repos:
+            results, baseline = figures[repo, name], figures[repos[0], name]
+
+            def m(key: str, results: list[Any] = results) -> float:
+                return median([r[key] if key in r else r["marks"][key] for r in results])
+
+            def ratio(key: str, m: Any = m, baseline: list[Any] = baseline) -> str:
+                return f"{m(key) / median([r[key] if key in r else r['marks'][key] for r in baseline]):.2f}"
+
+            phase_rows.append([name, label(repo), f"{m('entry'):.2f}", f"{m('loaded') - m('entry'):.2f}",
+                               f"{m('imports_by_load'):.2f}", f"{m('first_step'):.2f}", f"{m('step'):.3f}",
+                               f"{m('done'):.2f}", f"{m('cpu_first_step'):.2f}", f"{m('cpu'):.2f}",
+                               f"{m('imports'):.2f}", both(library)])
+            ratio_rows.append([name, label(repo), ratio("first_step"), ratio("cpu_first_step"), ratio("done")])
+    print_table("Runs (s from process launch unless marked; median)",
+                ["run", "tree", "entry imported", "load (incl. its imports)", "imports by load end",
+                 "to first step", "step", "whole run", "CPU to first step", "CPU whole run", "imports, whole run",
+                 "library floor wall (CPU)"], phase_rows)
+    print_table("Whole tiny CLI run as a user starts it (python -m pasd_core upscale ...; s wall (CPU))",
+                ["tree", "s"], [[label(r), both(figures[r, "tiny_cli"])] for r in repos])
+    if len(repos) > 1:
+        print_table(f"Against {label(repos[0])} (ratio of medians; < 1 is faster)",
+                    ["run", "tree", "to first step", "CPU to first step", "whole run"], ratio_rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, action="append",
                         help="a checkout to time (repeatable; the first is the baseline); default: this one")
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per figure (median); default 5")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per process; default 1")
+    parser.add_argument("--cheap-only", action="store_true", help="only the paths that load no model")
     parser.add_argument("--no-medium", dest="medium", action="store_false", help="skip the medium-size runs")
     parser.add_argument("--medium-steps", type=int, default=20, help="denoising steps of the medium run (20)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"medium checkpoint folder ({DEFAULT_CACHE})")
@@ -218,13 +263,13 @@ def main() -> None:
     print(machine_header("PASD start-up: imports, loading and time to the first denoising step (CPU, fp32)"))
     print(f"{args.threads} thread(s) per process; median of {args.repeats} fresh processes; trees interleaved")
     work = Path(tempfile.mkdtemp(prefix="pasd-bench-startup-"))
-    models = tiny_models_dir(work / "models")
-    runs: dict[str, tuple[str, Any]] = {
-        "tiny": ("cli", cli_arguments(*TINY, TINY_INPUT, work / "tiny.png", 64, 10)),
-        "node": ("node", {"models": str(models), "input": str(TINY_INPUT),
-                          "settings": {"scale": 1, "process_size": 64, "steps": 10}}),
-    }
-    if args.medium:
+    runs: dict[str, tuple[str, Any]] = {}
+    if not args.cheap_only:
+        models = tiny_models_dir(work / "models")
+        runs["tiny"] = ("cli", cli_arguments(*TINY, TINY_INPUT, work / "tiny.png", 64, 10))
+        runs["node"] = ("node", {"models": str(models), "input": str(TINY_INPUT),
+                                 "settings": {"scale": 1, "process_size": 64, "steps": 10}})
+    if runs and args.medium:
         from medium_checkpoint import build_medium
 
         base, pasd = build_medium(args.cache)
@@ -238,14 +283,11 @@ def main() -> None:
         floor["torch"].append(wall([*python, "-c", "import torch"], ROOT, env))
         floor["library"].append(wall([*python, "-c", f"import {', '.join(LIBRARY_FLOOR)}"], ROOT, env))
         for repo in repos:
-            entry = f"import importlib.util, sys; s = importlib.util.spec_from_file_location('comfyui_pasd', " \
-                    f"{str(repo / '__init__.py')!r}, submodule_search_locations=[{str(repo)!r}]); " \
-                    "m = importlib.util.module_from_spec(s); sys.modules['comfyui_pasd'] = m; s.loader.exec_module(m)"
-            figures.setdefault((repo, "entry"), []).append(wall([*python, "-c", entry], repo, env))
-            figures.setdefault((repo, "help"), []).append(wall([*python, "-m", "pasd_core", "upscale", "--help"],
-                                                               repo, env))
-            figures.setdefault((repo, "tiny_cli"), []).append(wall([*python, "-m", "pasd_core", *runs["tiny"][1]],
-                                                                   repo, env))
+            for name, (command, code) in cheap_paths(repo, work).items():
+                figures.setdefault((repo, name), []).append(wall([*python, *command], repo, env, code))
+            if runs:
+                figures.setdefault((repo, "tiny_cli"), []).append(wall([*python, "-m", "pasd_core", *runs["tiny"][1]],
+                                                                       repo, env))
             for name, (mode, arguments) in runs.items():
                 figures.setdefault((repo, name), []).append(timed(repo, mode, arguments, env))
         print(f"  repeat {repeat + 1} of {args.repeats} done", flush=True)
@@ -254,36 +296,11 @@ def main() -> None:
         ["python -c pass", both(floor["python"])],
         ["import torch", both(floor["torch"])],
         ["import the torch, diffusers, transformers modules a run needs", both(floor["library"])]])
-    print_table("Cheap paths (whole process; s wall (CPU))", ["tree", "pack entry (ComfyUI start-up)", "CLI --help"],
-                [[label(r), both(figures[r, "entry"]), both(figures[r, "help"])] for r in repos])
-    phase_rows, ratio_rows = [], []
-    for name in runs:
-        for repo in repos:
-            results = figures[repo, name]
-
-            def m(key: str, results: list[Any] = results) -> float:
-                return median([r[key] if key in r else r["marks"][key] for r in results])
-
-            load = m("loaded") - m("entry")
-            phase_rows.append([name, label(repo), f"{m('entry'):.2f}", f"{load:.2f}", f"{m('imports_by_load'):.2f}",
-                               f"{m('first_step'):.2f}", f"{m('step'):.3f}", f"{m('done'):.2f}",
-                               f"{m('cpu_first_step'):.2f}", f"{m('cpu'):.2f}", f"{m('imports'):.2f}",
-                               both(floor["library"])])
-            baseline = figures[repos[0], name]
-
-            def ratio(key: str, m: Any = m, baseline: list[Any] = baseline) -> str:
-                return f"{m(key) / median([r[key] if key in r else r['marks'][key] for r in baseline]):.2f}"
-
-            ratio_rows.append([name, label(repo), ratio("first_step"), ratio("cpu_first_step"), ratio("done")])
-    print_table("Runs (s from process launch unless marked; median)",
-                ["run", "tree", "entry imported", "load (incl. its imports)", "imports by load end",
-                 "to first step", "step", "whole run", "CPU to first step", "CPU whole run", "imports, whole run",
-                 "library floor wall (CPU)"], phase_rows)
-    print_table("Whole tiny CLI run as a user starts it (python -m pasd_core upscale ...; s wall (CPU))",
-                ["tree", "s"], [[label(r), both(figures[r, "tiny_cli"])] for r in repos])
-    if len(repos) > 1:
-        print_table(f"Against {label(repos[0])} (ratio of medians; < 1 is faster)",
-                    ["run", "tree", "to first step", "CPU to first step", "whole run"], ratio_rows)
+    print_table("Paths that load no model (whole process; s wall (CPU))",
+                ["tree", "pack entry (ComfyUI start-up)", "CLI --help", "CLI bad input refused (work limit)"],
+                [[label(r), *(both(figures[r, name]) for name in ("entry", "help", "refused"))] for r in repos])
+    if runs:
+        print_runs(runs, repos, figures, floor["library"])
 
 
 if __name__ == "__main__":
