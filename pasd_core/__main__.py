@@ -19,7 +19,6 @@ from typing import Any
 
 from .engine.work_limits import check_planned_work
 from .errors import InputImageError, Interrupted, PASDError
-from .image_io import read_image
 from .model_family import SD15, SDXL
 from .params import (
     LOADER_PARAMS,
@@ -205,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # every check that needs no model comes first: loading is slow and a fal request costs money
         output = Path(args.output)
         fmt = check_output(output, Path(args.input))
+        from .image_io import read_image  # deferred (numpy, Pillow): `--help` and `download` stay quick
+
         image = read_image(args.input, note=_note)
         if args.remote:
             result = _run_remote(image, _remote_settings(args))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ def gaussian_weights(size: int) -> torch.Tensor:
 
     The official code centres x at (size-1)/2 but y at size/2; kept for parity.
     """
+    # deferred: the work-limit checks use this module's tile layout before anything loads
+    import numpy as np
+    import torch
+
     var = 0.01
 
     def profile(centre: float) -> list[float]:

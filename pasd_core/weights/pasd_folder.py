@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..model_family import family_of
-from ..models import PASDControlNet, PASDUNet
 from .reader import check_path, read_config, read_weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import PASDControlNet, PASDUNet
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -36,6 +38,8 @@ def _component_weights(folder: Path) -> Path:
 
 def _build(factory: Any, state: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
     """Build a model on the meta device, then assign the checkpoint's tensors to it."""
+    import torch
+
     with torch.device("meta"):
         model = factory()
     result = model.load_state_dict(state, strict=False, assign=True)
@@ -71,6 +75,9 @@ def checkpoint_family(folder: str | Path) -> str:
 
 def load_pasd_checkpoint(folder: str | Path) -> tuple[PASDUNet, PASDControlNet]:
     """The UNet and ControlNet of an official PASD checkpoint folder (`unet/`, `controlnet/`), in fp32 on CPU."""
+    # deferred: checkpoint_family (the CLI's and nodes' checks before loading) must not import torch and diffusers
+    from ..models import PASDControlNet, PASDUNet
+
     folder = Path(folder)
     _check_folder(folder)
     unet_state = read_weights(_component_weights(folder / "unet"))

@@ -9,11 +9,12 @@ import pickle
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -92,6 +93,8 @@ class CheckpointFile:
                              "probably damaged or an incomplete download: download it again.") from None
 
     def _load_pickled(self) -> dict[str, torch.Tensor]:
+        import torch  # deferred: checking paths and reading configs must not pay torch's import
+
         try:
             data = torch.load(str(self.path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
