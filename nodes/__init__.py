@@ -2,6 +2,7 @@
 
 from . import host
 from .local import PASDColorFix, PASDModelLoader, PASDUpscale
+from .native import PASDAdapterLoader, PASDApply
 from .remote import PASDUpscaleFal
 
 host.register_model_folder()
@@ -11,6 +12,8 @@ NODE_CLASS_MAPPINGS = {
     "PASDUpscale": PASDUpscale,
     "PASDUpscaleFal": PASDUpscaleFal,
     "PASDColorFix": PASDColorFix,
+    "PASDAdapterLoader": PASDAdapterLoader,
+    "PASDApply": PASDApply,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -18,4 +21,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PASDUpscale": "PASD Upscale",
     "PASDUpscaleFal": "PASD Upscale (fal)",
     "PASDColorFix": "PASD Color Fix",
+    "PASDAdapterLoader": "PASD Adapter Loader",
+    "PASDApply": "PASD Apply",
 }

@@ -39,6 +39,16 @@ def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None
 
 
+def comfy_module(module: str, needed_by: str) -> ModuleType:
+    """ComfyUI's `module`, for code that only makes sense inside ComfyUI (the native adapter patches ComfyUI's own
+    MODEL); outside ComfyUI a clear error that names the alternative."""
+    found = _comfy(module)
+    if found is None:
+        raise ModelError(f"{needed_by} works only inside ComfyUI (ComfyUI's {module} could not be imported): outside "
+                         "ComfyUI use PASD Model Loader + PASD Upscale, or the command line (python -m pasd_core).")
+    return found
+
+
 # --- models folders ---------------------------------------------------------------------------
 
 def register_model_folder() -> None:

@@ -1,0 +1,117 @@
+"""Native nodes: PASD as an adapter on the user's own MODEL, CONDITIONING and VAE (any sampler downstream)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..pasd_core import params as table
+from ..pasd_core.model_family import SD15
+from . import host, images
+from .inputs import DeclaredNode, Input, combo, declare, socket
+from .local import PASD_CHECKPOINT_MARKERS
+
+SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "pasd", "controlnet"]
+APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
+
+
+class PASDAdapterLoader(DeclaredNode):
+    """Load the ControlNet and pixel-aware attention of a PASD checkpoint (pasd, pasd_light or pasd_sdxl) as an
+    adapter for your own SD1.5 or SDXL model: super-resolution, restoration and stylization with any checkpoint,
+    LoRA and sampler. Connect it to PASD Apply."""
+
+    RETURN_TYPES = ("PASD_ADAPTER",)
+    OUTPUT_TOOLTIPS = ("The PASD adapter: connect it to PASD Apply.",)
+    FUNCTION = "load"
+    SEARCH_ALIASES = SEARCH_ALIASES
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        return declare(combo(
+            "pasd_model", host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS),
+            "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: pasd/checkpoint-100000 or "
+            "pasd_light/checkpoint-120000 for SD1.5 models, pasd_sdxl/checkpoint-200000 for SDXL models. Only its "
+            "ControlNet and pixel-aware attention are used; the SD weights come from your MODEL."))
+
+    def load(self, pasd_model: str) -> tuple[Any]:
+        folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")
+        from .native_adapter import load_adapter
+
+        return (load_adapter(folder),)
+
+
+class PASDApply(DeclaredNode):
+    """Apply a PASD adapter to your model for super-resolution / restoration (or stylization with a personalized
+    checkpoint): patches the MODEL with PASD's pixel-aware attention, puts the PASD ControlNet on both
+    conditionings and gives the start latent. Then KSampler (denoise 1.0), VAE Decode and PASD Color Fix."""
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("model", "positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = (
+        "The model with PASD's pixel-aware attention: connect it to KSampler.",
+        "The positive conditioning carrying the PASD control.",
+        "The negative conditioning carrying the PASD control.",
+        "The start latent at the output size: the VAE encoding of the enlarged image (SD1.5) or an empty latent "
+        "(SDXL), as the official PASD starts. Sample it at denoise 1.0.",
+    )
+    FUNCTION = "apply"
+    SEARCH_ALIASES = SEARCH_ALIASES
+
+    @classmethod
+    def inputs(cls) -> list[Input]:
+        return declare(
+            socket("model", "MODEL", "Your SD1.5 or SDXL model (Load Checkpoint, LoRA loaders...), of the adapter's "
+                   "family. A personalized checkpoint stylizes."),
+            socket("positive", "CONDITIONING", "What the image shows (CLIP Text Encode); the official PASD appends "
+                   "'clean, high-resolution, 8k'."),
+            socket("negative", "CONDITIONING", "What the result should not look like (CLIP Text Encode)."),
+            socket("vae", "VAE", "The model's VAE: encodes the enlarged image into the start latent (SD1.5)."),
+            socket("image", "IMAGE", "The low-resolution image(s); a batch needs images of one size."),
+            socket("pasd_adapter", "PASD_ADAPTER", "From PASD Adapter Loader, of the model's family."),
+            tuple(table.BY_NAME[name] for name in APPLY_PARAMS),
+        )
+
+    def apply(self, model: Any, positive: list, negative: list, vae: Any, image: Any, pasd_adapter: Any,
+              **params: Any) -> tuple[Any, ...]:
+        import torch
+
+        from ..pasd_core.engine.sampler import control_image_for
+        from .native_patch import check_model, patch_model
+
+        adapter = pasd_adapter
+        settings = table.for_family(table.validate(params, tuple(table.BY_NAME[n] for n in APPLY_PARAMS)),
+                                    adapter.family)
+        check_model(model, adapter)  # before any pixel work
+        controls = [control_image_for(picture, settings["scale"], settings["process_size"])
+                    for picture in images.to_pil(image)]
+        control = images.to_batch(controls)  # [B, H, W, 3], one size for the whole batch
+        patched = patch_model(model, adapter)
+        positive, negative = self.with_control(adapter.control, control.movedim(-1, 1),
+                                               settings["conditioning_scale"], positive, negative)
+        batch, height, width, _ = control.shape
+        if adapter.family == SD15:
+            # KSampler at denoise 1.0 adds noise of sigma_max to this: the image survives only faintly, as in
+            # the official start (VAE sample noised to the schedule's first step, then to its last)
+            latent = vae.encode(control)
+        else:  # PASD-SDXL starts from pure noise: KSampler's noise on an empty latent of the output size
+            latent = torch.zeros([batch, 4, height // 8, width // 8])
+        return patched, positive, negative, {"samples": latent}
+
+    @staticmethod
+    def with_control(control: Any, hint: Any, strength: float, *conditionings: list) -> tuple[list, ...]:
+        """The conditionings with the PASD control added, as core's Apply ControlNet node adds one (chaining any
+        ControlNet already there; one copy per distinct previous ControlNet)."""
+        copies: dict[Any, Any] = {}
+        out = []
+        for conditioning in conditionings:
+            entries = []
+            for embedding, options in conditioning:
+                options = options.copy()
+                previous = options.get("control")
+                if previous not in copies:
+                    copies[previous] = control.copy().set_cond_hint(hint, strength, (0.0, 1.0))
+                    copies[previous].set_previous_controlnet(previous)
+                options["control"] = copies[previous]
+                options["control_apply_to_uncond"] = False
+                entries.append([embedding, options])
+            out.append(entries)
+        return tuple(out)

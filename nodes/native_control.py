@@ -1,0 +1,142 @@
+"""PASD's ControlNet as a ComfyUI ControlNet, which also hands its own scaled residuals to PACA.
+
+ComfyUI's sampler calls `get_control(x, t, cond, batched_number, transformer_options)` with the very
+transformer_options dict it then passes to the UNet (comfy/samplers.py, _calc_cond_batch), and the UNet's output
+blocks pop the merged residuals before any output-block patch sees them. So PASDControl puts its own residuals,
+after the strength (= conditioning_scale) and before any other ControlNet's are added, under RESIDUALS in that
+dict: PACA attends to PASD's residual alone, as in the official model, even when the user chains more ControlNets.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..pasd_core.errors import ModelError
+from . import host
+from .native_config import PASDLayout, groups_ops
+
+RESIDUALS = "pasd_pixel_residuals"  # transformer_options key: this call's PixelResiduals
+NEEDED_BY = "PASD Adapter Loader"
+
+
+class PixelResiduals:
+    """One UNet call's PASD residuals (the ControlNet outputs that ComfyUI adds to the skips), by output block,
+    and what PACA computes from them during that call."""
+
+    def __init__(self, outputs: list[torch.Tensor | None]) -> None:
+        self.outputs = list(outputs)  # a copy: the UNet pops the list it is given
+        self.cache: dict[Any, torch.Tensor] = {}
+
+    def for_output_block(self, index: int) -> torch.Tensor | None:
+        """Output block i concatenates the skip of input block n-1-i, whose residual is outputs[n-1-i]."""
+        position = len(self.outputs) - 1 - index
+        return self.outputs[position] if 0 <= position < len(self.outputs) else None
+
+
+def add_controls(own: dict | None, previous: dict | None) -> dict | None:
+    """Residuals of two ControlNets summed position by position (ComfyUI's control_merge, strengths already in)."""
+    if own is None or previous is None:
+        return own if previous is None else previous
+    merged = {}
+    for key in ("input", "middle", "output"):
+        values = list(own.get(key, []))
+        for i, value in enumerate(previous.get(key, [])):
+            if i >= len(values):
+                values.append(value)
+            elif value is not None:
+                values[i] = value if values[i] is None else value + values[i]
+        merged[key] = values
+    return merged
+
+
+@functools.cache
+def control_class() -> type:
+    """PASDControl, made once ComfyUI is importable (it extends comfy.controlnet.ControlNet)."""
+    controlnet = host.comfy_module("comfy.controlnet", NEEDED_BY)
+
+    class PASDControl(controlnet.ControlNet):
+        def get_control(self, x_noisy: Any, t: Any, cond: dict, batched_number: int,
+                        transformer_options: dict) -> dict | None:
+            previous = self.previous_controlnet
+            theirs = None
+            if previous is not None:
+                theirs = previous.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            self.previous_controlnet = None  # so the base class returns PASD's residuals alone
+            try:
+                own = super().get_control(x_noisy, t, cond, batched_number, transformer_options)
+            finally:
+                self.previous_controlnet = previous
+            transformer_options[RESIDUALS] = None if own is None else PixelResiduals(own["output"])
+            return add_controls(own, theirs)
+
+        def copy(self) -> "PASDControl":
+            copied = PASDControl(None, global_average_pooling=self.global_average_pooling,
+                                 load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
+            copied.control_model = self.control_model
+            copied.control_model_wrapped = self.control_model_wrapped
+            self.copy_to(copied)
+            return copied
+
+    return PASDControl
+
+
+def _hint_block(layout: PASDLayout, channels: list[int], ops: Any, dtype: torch.dtype, device: Any) -> Any:
+    """PASD's conditioning embedding (conv_in, blocks, conv_out; SiLU between) as ComfyUI's input_hint_block."""
+    openaimodel = host.comfy_module("comfy.ldm.modules.diffusionmodules.openaimodel", NEEDED_BY)
+    conv = functools.partial(ops.conv_nd, 2, kernel_size=3, padding=1, dtype=dtype, device=device)
+    layers = [conv(layout.config["conditioning_channels"], channels[0]), torch.nn.SiLU()]
+    for channels_in, channels_out in zip(channels[:-1], channels[1:], strict=False):
+        layers += [conv(channels_in, channels_in), torch.nn.SiLU(),
+                   conv(channels_in, channels_out, stride=2), torch.nn.SiLU()]
+    layers.append(conv(channels[-1], layout.config["block_out_channels"][0]))
+    return openaimodel.TimestepEmbedSequential(*layers)
+
+
+def _ldm_keys(ldm_config: dict[str, Any], state: dict[str, torch.Tensor], hint_convs: int) -> dict[str, str]:
+    """diffusers ControlNetModel key → ComfyUI cldm.ControlNet key."""
+    utils = host.comfy_module("comfy.utils", NEEDED_BY)
+    keys = dict(utils.unet_to_diffusers(ldm_config))
+    keys.update({f"controlnet_mid_block.{w}": f"middle_block_out.0.{w}" for w in ("weight", "bias")})
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("controlnet_down_blocks.")}
+    for i in blocks:
+        keys.update({f"controlnet_down_blocks.{i}.{w}": f"zero_convs.{i}.0.{w}" for w in ("weight", "bias")})
+    for w in ("weight", "bias"):
+        keys[f"controlnet_cond_embedding.conv_in.{w}"] = f"input_hint_block.0.{w}"
+        for i in range(hint_convs):
+            keys[f"controlnet_cond_embedding.blocks.{i}.{w}"] = f"input_hint_block.{2 * (i + 1)}.{w}"
+        keys[f"controlnet_cond_embedding.conv_out.{w}"] = f"input_hint_block.{2 * (hint_convs + 1)}.{w}"
+    return keys
+
+
+def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
+    """ComfyUI's ControlNet (cldm) for a PASD controlnet/ folder's config and weights, ready for the control path."""
+    model_management = host.comfy_module("comfy.model_management", NEEDED_BY)
+    comfy_ops = host.comfy_module("comfy.ops", NEEDED_BY)
+    cldm = host.comfy_module("comfy.cldm.cldm", NEEDED_BY)
+    layout = PASDLayout(config)
+    ldm_config = layout.ldm_unet_config()
+    dtype = model_management.unet_dtype(model_params=-1, weight_dtype=next(iter(state.values())).dtype)
+    load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
+    manual_cast_dtype = model_management.unet_manual_cast(dtype, load_device)
+    ops = groups_ops(comfy_ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True), layout.groups)
+    arguments = {k: v for k, v in ldm_config.items() if k != "out_channels"}
+    model = cldm.ControlNet(hint_channels=config["conditioning_channels"], operations=ops, dtype=dtype,
+                            device=offload_device, **arguments)
+    hint_channels = list(config["conditioning_embedding_out_channels"])
+    model.input_hint_block = _hint_block(layout, hint_channels, ops, dtype, offload_device)
+    keys = _ldm_keys(ldm_config, state, 2 * (len(hint_channels) - 1))
+    # to_rgbs only feed a training loss (DESIGN.md): dropped
+    renamed = {keys.get(k, k): v for k, v in state.items() if ".to_rgbs." not in k}
+    result = model.load_state_dict(renamed, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"{source} does not fit its config.json as a ControlNet: {len(result.missing_keys)} missing "
+                         f"weights (e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+                         f"(e.g. {result.unexpected_keys[:3]}).")
+    model = model.to(offload_device, dtype).eval().requires_grad_(False)
+    bgr = config.get("controlnet_conditioning_channel_order") == "bgr"
+    return control_class()(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
+                           preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
