@@ -23,6 +23,9 @@ SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
 SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
 WORKFLOWS = REPO / "workflows"
 API_WORKFLOWS = WORKFLOWS / "api"
+TEMPLATES = REPO / "example_workflows"  # what ComfyUI lists under Workflow -> Browse Templates -> ComfyUI-PASD
+API_TEMPLATES = TEMPLATES / "api"
+NATIVE_MARK = "(native)"  # the native templates' file names end so
 PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
 
 # What the workflows need of ComfyUI's own nodes (checked against a real ComfyUI's /object_info by the E2E tests).
@@ -33,6 +36,22 @@ CORE_NODES: dict[str, dict[str, Any]] = {
                   "output": [], "display_name": "Save Image"},
     "ImageBatch": {"input": {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}, "output": ["IMAGE"],
                    "display_name": "Batch Images"},
+    # the native templates' graph around PASD Apply
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": ([],)}}, "output": ["MODEL", "CLIP", "VAE"],
+                               "display_name": "Load Checkpoint"},
+    "LoraLoader": {"input": {"required": {"model": ("MODEL",), "clip": ("CLIP",), "lora_name": ([],),
+                                          "strength_model": ("FLOAT", {"default": 1.0}),
+                                          "strength_clip": ("FLOAT", {"default": 1.0})}},
+                   "output": ["MODEL", "CLIP"], "display_name": "Load LoRA"},
+    "CLIPTextEncode": {"input": {"required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}},
+                       "output": ["CONDITIONING"], "display_name": "CLIP Text Encode (Prompt)"},
+    "KSampler": {"input": {"required": {
+        "model": ("MODEL",), "seed": ("INT", {"control_after_generate": True}), "steps": ("INT", {"default": 20}),
+        "cfg": ("FLOAT", {"default": 8.0}), "sampler_name": ([],), "scheduler": ([],), "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",), "latent_image": ("LATENT",), "denoise": ("FLOAT", {"default": 1.0})}},
+        "output": ["LATENT"], "display_name": "KSampler"},
+    "VAEDecode": {"input": {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, "output": ["IMAGE"],
+                  "display_name": "VAE Decode"},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Nodes of the front end alone (isVirtualNode): saved in UI workflows, never sent to the server in a prompt.
@@ -215,6 +234,15 @@ def ui_workflows() -> dict[str, dict[str, Any]]:
 
 def api_workflows() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(API_WORKFLOWS.glob("*.json"))}
+
+
+def native_templates() -> dict[str, dict[str, Any]]:
+    """The native templates (UI format) by file name without .json, as the template browser titles them."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(TEMPLATES.glob(f"*{NATIVE_MARK}.json"))}
+
+
+def native_api_templates() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(API_TEMPLATES.glob(f"*{NATIVE_MARK}.json"))}
 
 
 def declarations() -> dict[str, dict[str, Any]]:

@@ -8,14 +8,18 @@ import re
 
 import pytest
 from comfy_fixtures import (
+    API_TEMPLATES,
     API_WORKFLOWS,
     CORE_NODES,
     FRONTEND_ONLY_NODES,
+    TEMPLATES,
     WORKFLOWS,
     api_workflows,
     declarations,
     input_type,
     load_pack,
+    native_api_templates,
+    native_templates,
     pack_module,
     ui_to_api,
     ui_workflows,
@@ -73,7 +77,10 @@ def test_the_workflows_and_their_api_copies_are_shipped():
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
-    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert_consistent_graph(json.loads((WORKFLOWS / f"{name}.json").read_text()))
+
+
+def assert_consistent_graph(workflow: dict) -> None:
     assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
     known = declarations()
     by_id = {n["id"]: n for n in workflow["nodes"]}
@@ -99,7 +106,10 @@ def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_widget_values_fit_the_declarations(name):
-    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert_widgets_fit(json.loads((WORKFLOWS / f"{name}.json").read_text()))
+
+
+def assert_widgets_fit(workflow: dict) -> None:
     for node in workflow["nodes"]:
         if node["type"] not in pack.NODE_CLASS_MAPPINGS:
             continue
@@ -122,15 +132,18 @@ def test_widget_values_fit_the_declarations(name):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_api_copy_says_what_the_ui_workflow_says(name):
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    api = api_workflows()[name]
+    assert_api_copy(json.loads((WORKFLOWS / f"{name}.json").read_text()), api_workflows()[name])
+
+
+def assert_api_copy(ui: dict, api: dict) -> None:
     assert ui_to_api(ui) == api
     assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
     for node in server_nodes(ui):  # spelled out: each widget value sits under its input name
         assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node)} == widgets(node)
 
 
-@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json")),
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json"))
+                         + sorted(TEMPLATES.glob("*.json")) + sorted(API_TEMPLATES.glob("*.json")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_key_like_strings(path):
     text = path.read_text()
@@ -211,3 +224,78 @@ def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_the
     assert SDXL_DOWNLOAD in text
     if nodes_of(workflow, "PASDUpscaleFal"):
         assert "fal key" in text and "environment" in text
+
+
+# --- the native templates (example_workflows/): core nodes around PASD Adapter Loader and PASD Apply ----------
+
+NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, conditioning_scale, download flags)
+    "PASD SD1.5 upscale x2 (native)": ("sd15", "pasd/checkpoint-100000", "v1-5-pruned-emaonly.safetensors",
+                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, ""),
+    "PASD SDXL upscale x2 (native)": ("sdxl", "pasd_sdxl/checkpoint-200000", "sd_xl_base_1.0.safetensors",
+                                      "euler", "ddim_uniform", 2, 0.8, " --family sdxl"),
+    "PASD SD1.5 stylization with LoRA (native)": ("sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors",
+                                                  "uni_pc_bh2", "sgm_uniform", 1, 0.7, " --variant pasd_light"),
+}
+NATIVE_NAMES = sorted(NATIVE)
+
+
+def test_the_native_templates_and_their_api_copies_are_shipped():
+    assert set(native_templates()) == set(native_api_templates()) == set(NATIVE)
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_is_a_consistent_graph_with_fitting_widgets_and_api_copy(name):
+    template = native_templates()[name]
+    assert_consistent_graph(template)
+    assert_widgets_fit(template)
+    assert_api_copy(template, native_api_templates()[name])
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
+    family, adapter, checkpoint, sampler_name, scheduler, scale, conditioning, _ = NATIVE[name]
+    template = native_templates()[name]
+    (apply,) = nodes_of(template, "PASDApply")
+    assert widgets(apply) == {"scale": scale, "conditioning_scale": conditioning, "process_size": table.AUTO[int]}
+    assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter}
+    (picture,) = nodes_of(template, "LoadImage")
+    assert source_of(template, apply, "image") is picture
+    (loader,) = nodes_of(template, "CheckpointLoaderSimple")
+    assert widgets(loader) == {"ckpt_name": checkpoint} and source_of(template, apply, "vae") is loader
+    model = source_of(template, apply, "model")  # the checkpoint's MODEL, through the LoRA where there is one
+    loras = nodes_of(template, "LoraLoader")
+    assert model is (loras[0] if loras else loader)
+    if loras:
+        assert source_of(template, loras[0], "model") is source_of(template, loras[0], "clip") is loader
+    # prompts: the official added prompt of the family, the table's negative prompt, both through the same CLIP
+    positive, negative = source_of(template, apply, "positive"), source_of(template, apply, "negative")
+    assert widgets(positive)["text"] == dict(table.BY_NAME["added_prompt"].auto)[family]
+    assert widgets(negative)["text"] == table.BY_NAME["negative_prompt"].default
+    assert source_of(template, positive, "clip") is source_of(template, negative, "clip") is model
+    # KSampler on all four outputs of PASD Apply, at denoise 1.0, with the official steps and guidance
+    (sampler,) = nodes_of(template, "KSampler")
+    links = {link[0]: link for link in template["links"]}
+    fed = {s["name"]: links[s["link"]][1:3] for s in sampler["inputs"]}
+    assert fed == {"model": [apply["id"], 0], "positive": [apply["id"], 1], "negative": [apply["id"], 2],
+                   "latent_image": [apply["id"], 3]}
+    assert {k: v for k, v in widgets(sampler).items() if k != "seed"} == {
+        "steps": table.BY_NAME["steps"].default, "cfg": table.BY_NAME["guidance_scale"].default,
+        "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}
+    # then VAE Decode with the checkpoint's VAE, PASD Color Fix against the original picture, Save Image
+    (decode,) = nodes_of(template, "VAEDecode")
+    assert source_of(template, decode, "samples") is sampler and source_of(template, decode, "vae") is loader
+    (fix,) = nodes_of(template, "PASDColorFix")
+    assert source_of(template, fix, "image") is decode and source_of(template, fix, "reference") is picture
+    (save,) = nodes_of(template, "SaveImage")
+    assert source_of(template, save, "images") is fix
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_note_says_which_models_go_where_and_how_to_download_them(name):
+    family, adapter, checkpoint, *_, flags = NATIVE[name]
+    text = note_text(native_templates()[name])
+    assert f"ComfyUI/models/pasd/{adapter}" in text and "ComfyUI/models/checkpoints" in text and checkpoint in text
+    assert f"python -m pasd_core download --models-dir ComfyUI/models{flags}" in text
+    assert "https://huggingface.co/yangtao9009/PASD" in text
+    if nodes_of(native_templates()[name], "LoraLoader"):
+        assert "ComfyUI/models/loras" in text
