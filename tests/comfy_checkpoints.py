@@ -12,10 +12,10 @@ What `build_native_sd15` writes, as a ComfyUI models folder (the names the nativ
   weights are exactly the PASD UNet's SD weights (rounded through fp16 once), so the engine (PASD UNet
   from the adapter folder, CLIP and VAE from this file) and ComfyUI (UNet, CLIP, VAE from this file,
   PACA and ControlNet from the adapter folder) compute with the same numbers;
-- pasd/pasd/checkpoint-100000: the adapter folder as published (unet/ + controlnet/, diffusers configs,
-  fp32 safetensors), variant pasd;
+- pasd/pasd/checkpoint-100000 and pasd/pasd_light/checkpoint-120000: adapter folders as published (unet/ +
+  controlnet/, diffusers configs, fp32 safetensors), variants pasd and pasd_light, with the same SD weights;
 - checkpoints/toonyou_beta6.safetensors: a "personalized" model of the same architecture, other seed;
-- loras/pasd_style_lora.safetensors: a kohya LoRA on the personalized model (lora_unet_*, lora_te_*).
+- loras/add_detail.safetensors: a kohya LoRA on the personalized model (lora_unet_*, lora_te_*).
 """
 
 from __future__ import annotations
@@ -30,31 +30,33 @@ import torch
 from safetensors.torch import save_file
 from tiny_checkpoints import original_state_dict, read_config, write_kohya_lora, write_state_dict
 
+from conftest import PASD
 from pasd_core.models import PASDControlNet, PASDUNet
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR
 
 BASE_FILE = "v1-5-pruned-emaonly.safetensors"
 STYLE_FILE = "toonyou_beta6.safetensors"
-LORA_FILE = "pasd_style_lora.safetensors"
+LORA_FILE = "add_detail.safetensors"  # the name the stylization template picks
 ADAPTER = "pasd/checkpoint-100000"
+LIGHT_ADAPTER = "pasd_light/checkpoint-120000"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
-# SD1.5's own UNet config, three levels of one res block: as small as ComfyUI's SD15 detection allows while
-# keeping SD1.5's shape where PASD relies on it. The last two levels have equal widths, as SD1.5's 1280, 1280:
-# the official PACA of an UpBlock2D attends to its skips with the block's own width.
-NATIVE_UNET = {
-    **read_config(SD15_CONFIG_DIR / "unet" / "config.json"),
+# SD1.5's architecture, three levels of one res block: as small as ComfyUI's SD15 detection allows while keeping
+# SD1.5's shape where PASD relies on it. The last two levels have equal widths, as SD1.5's 1280, 1280: the
+# official PACA of an UpBlock2D attends to its skips with the block's own width. The configs are otherwise the
+# published PASD ones (every key diffusers 0.29 writes), as the fixture checkpoint holds them.
+SD15_ARCHITECTURE = {
+    **{k: v for k, v in read_config(SD15_CONFIG_DIR / "unet" / "config.json").items() if not k.startswith("_")},
     "block_out_channels": [320, 640, 640], "layers_per_block": 1,
     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
-# the PASD ControlNet mirrors the UNet's down path; condition embedding widths as diffusers' (and PASD's) default
+NATIVE_UNET = {**read_config(PASD / "unet" / "config.json"), **SD15_ARCHITECTURE}
 NATIVE_CONTROLNET = {
-    "_class_name": "ControlNetModel", "conditioning_embedding_out_channels": [16, 32, 96, 256],
-    "return_rgbs": True, "use_rrdb": False,
-    **{k: NATIVE_UNET[k] for k in ("attention_head_dim", "block_out_channels", "cross_attention_dim",
-                                   "down_block_types",
-                                   "layers_per_block", "norm_num_groups", "in_channels")},
+    **read_config(PASD / "controlnet" / "config.json"),
+    **{k: v for k, v in SD15_ARCHITECTURE.items() if k not in ("up_block_types", "sample_size", "out_channels",
+                                                               "center_input_sample")},
+    "conditioning_embedding_out_channels": [16, 32, 96, 256],  # diffusers' default, which train_pasd.py keeps
 }
 PACA_MARKERS = (".pixel_attentions.", "_plus.")  # the adapter's own UNet modules (pasd, pasd_light)
 
@@ -68,6 +70,7 @@ class NativeModels:
     style: Path
     lora: Path
     adapter: Path
+    light_adapter: Path
     seconds: float
 
     def sizes_mb(self) -> dict[str, float]:
@@ -75,7 +78,8 @@ class NativeModels:
             files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
             return round(sum(p.stat().st_size for p in files) / 2**20, 1)
 
-        return {str(p.relative_to(self.models)): size(p) for p in (self.base, self.style, self.lora, self.adapter)}
+        paths = (self.base, self.style, self.lora, self.adapter, self.light_adapter)
+        return {str(p.relative_to(self.models)): size(p) for p in paths}
 
 
 def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -151,7 +155,7 @@ def write_adapter(folder: Path, seed: int, variant: str = "pasd") -> PASDUNet:
 
     The UNet's SD weights are fp16-exact, so the base file written from them holds the very same numbers.
     """
-    unet_config = {**NATIVE_UNET, "_class_name": "UNet2DConditionModel"}
+    unet_config = NATIVE_UNET
     unet = _on_meta(lambda: PASDUNet.from_pasd_config(unet_config, variant))
     unet_weights = seeded_weights(unet, seed)
     unet_weights = {k: v if any(m in k for m in PACA_MARKERS) else v.half().float() for k, v in unet_weights.items()}
@@ -174,10 +178,13 @@ def build_native_sd15(models: Path, seed: int = 0) -> NativeModels:
         (models / folder).mkdir(parents=True, exist_ok=True)
     adapter = models / "pasd" / ADAPTER
     pasd_unet = write_adapter(adapter, seed)
+    light_adapter = models / "pasd" / LIGHT_ADAPTER
+    write_adapter(light_adapter, seed, "pasd_light")
     base = write_checkpoint(models / "checkpoints" / BASE_FILE, stock_unet(pasd_unet.state_dict()),
                             *vae_and_text_encoder(seed + 10))
     style_unet, (style_vae, style_text_encoder) = stock_unet(seed=seed + 20), vae_and_text_encoder(seed + 30)
     style = write_checkpoint(models / "checkpoints" / STYLE_FILE, style_unet, style_vae, style_text_encoder)
     lora = models / "loras" / LORA_FILE
     write_kohya_lora(lora, style_unet, style_text_encoder, rank=4, seed=seed + 40, alpha=1.0)
-    return NativeModels(models, base, style, lora, adapter, round(time.perf_counter() - started, 1))
+    return NativeModels(models, base, style, lora, adapter, light_adapter,
+                        round(time.perf_counter() - started, 1))
