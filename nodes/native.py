@@ -72,6 +72,17 @@ class PASDApply(DeclaredNode):
 
     def apply(self, model: Any, positive: list, negative: list, vae: Any, image: Any, pasd_adapter: Any,
               **params: Any) -> tuple[Any, ...]:
+        """The patched model, both conditionings with the PASD control, and the start latent.
+
+        The control image is the engine's (control_image_for: bicubic ×scale, up to process_size, multiples of 8).
+        Start latent, SD1.5: the official code noises a VAE sample of the control image to the schedule's first
+        timestep (then adds a second, tiny noise: pasd_core/engine/family.py, SD15Family.start_latents), which
+        keeps sqrt(alpha_bar) of it, under 0.1. Here it is ComfyUI's VAE encoding of the control image, and
+        KSampler at denoise 1.0 adds noise at sigma_max to it, which keeps sqrt(alpha_bar) of the last training
+        step (about 0.07). Both start from near-pure noise carrying a faint copy of the enlarged image; the noise
+        (KSampler's seed) and the schedule differ, so the native result is close to the engine's, not equal.
+        SDXL: the official start is pure noise, so an empty latent of the control image's latent size.
+        """
         import torch
 
         from ..pasd_core.engine.sampler import control_image_for
@@ -89,10 +100,8 @@ class PASDApply(DeclaredNode):
                                                settings["conditioning_scale"], positive, negative)
         batch, height, width, _ = control.shape
         if adapter.family == SD15:
-            # KSampler at denoise 1.0 adds noise of sigma_max to this: the image survives only faintly, as in
-            # the official start (VAE sample noised to the schedule's first step, then to its last)
             latent = vae.encode(control)
-        else:  # PASD-SDXL starts from pure noise: KSampler's noise on an empty latent of the output size
+        else:
             latent = torch.zeros([batch, 4, height // 8, width // 8])
         return patched, positive, negative, {"samples": latent}
 

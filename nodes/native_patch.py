@@ -135,7 +135,7 @@ def check_model(model: Any, adapter: PASDAdapter) -> None:
     if family != adapter.family:
         found = LABELS.get(family, f"a {type(model.model).__name__} model")
         raise ModelMismatchError(
-            f"pasd_adapter is a {adapter.label}, but model is {found}: load a {LABELS[adapter.family]} checkpoint "
+            f"pasd_adapter is an {adapter.label}, but model is {found}: load an {LABELS[adapter.family]} checkpoint "
             f"in Load Checkpoint, or pick a PASD adapter of the model's family.")
     unet_config = getattr(model.model, "model_config", None)
     unet_config = getattr(unet_config, "unet_config", {}) or {}

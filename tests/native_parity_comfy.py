@@ -31,6 +31,7 @@ comfy.cli_args.args.cpu = True  # fp32 on the CPU, whatever the machine has
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.ops  # noqa: E402
+import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
@@ -165,6 +166,14 @@ def main() -> None:
     figures["adapter_unloaded"] = not loaded(adapter.pixel_attention)
     again = native_eps(patched, positive, negative, x_t, sigma)
     figures["max_abs_diff_after_reload"] = float((again - expected).abs().max())
+    # a few steps of a real sampler through the patched model: the patches hold across steps and batches
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=generator)
+    sampler, scheduler = ("uni_pc_bh2", "karras") if layout.family != SDXL else ("euler", "normal")
+    with torch.no_grad():
+        sampled = comfy.sample.sample(patched, noise, 3, CFG, sampler, scheduler, positive, negative,
+                                      torch.zeros_like(noise), denoise=1.0, disable_pbar=True, seed=0)
+    figures["sampled_shape"] = list(sampled.shape)
+    figures["sampled_finite"] = bool(torch.isfinite(sampled).all())
     figures["refusals"] = refusals(patched, model, positive, negative, image, adapter, NoVAE())
     print("PARITY " + json.dumps(figures))
 

@@ -86,7 +86,8 @@ def sampler_values(**overrides) -> dict:
 # --- the pack as ComfyUI sees it ----------------------------------------------------------------
 
 def test_nodes_are_registered_under_their_ids_in_the_pasd_category():
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"PASDModelLoader", "PASDUpscale", "PASDUpscaleFal", "PASDColorFix"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"PASDModelLoader", "PASDUpscale", "PASDUpscaleFal", "PASDColorFix",
+                                             "PASDAdapterLoader", "PASDApply"}
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
     for cls in pack.NODE_CLASS_MAPPINGS.values():
         assert cls.CATEGORY == "image/upscaling/PASD"
