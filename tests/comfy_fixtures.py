@@ -62,7 +62,7 @@ def make_models_dir(root: Path, *, sdxl: bool = False) -> Path:
     With `sdxl`, also the tiny PASD-SDXL models where the download puts them: models/pasd/pasd_sdxl/checkpoint-200000
     and models/diffusers/stable-diffusion-xl-base-1.0.
     """
-    for name in ("pasd", "diffusers", "checkpoints", "loras"):
+    for name in ("pasd", "diffusers", "checkpoints", "loras", "vae"):
         (root / name).mkdir(parents=True, exist_ok=True)
     for variant in ("pasd", "pasd_light"):
         (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
@@ -104,7 +104,7 @@ class FakeComfyUI:
         module = types.ModuleType("folder_paths")
         module.models_dir = str(models_dir)
         module.folder_names_and_paths = {
-            kind: ([str(models_dir / kind)], {".safetensors", ".ckpt"}) for kind in ("checkpoints", "loras")}
+            kind: ([str(models_dir / kind)], {".safetensors", ".ckpt"}) for kind in ("checkpoints", "loras", "vae")}
         module.folder_names_and_paths["diffusers"] = ([str(models_dir / "diffusers")], ["folder"])
 
         def add_model_folder_path(name: str, path: str, is_default: bool = False) -> None:
