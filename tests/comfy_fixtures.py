@@ -2,7 +2,7 @@
 as a ComfyUI models folder, fakes of ComfyUI's modules and of the engine, and the UI-format → API-format
 workflow converter. Importing this module loads no heavy module (the pack's import-cost test relies on it).
 
-`python tests/comfy_fixtures.py` rewrites workflows/api/*.json from the UI workflows.
+`python tests/comfy_fixtures.py` rewrites example_workflows/api/*.json from the UI workflows.
 """
 
 from __future__ import annotations
@@ -21,8 +21,18 @@ FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
 CHECKPOINTS = FIXTURES / "checkpoints"
 SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
 SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
-WORKFLOWS = REPO / "workflows"
-API_WORKFLOWS = WORKFLOWS / "api"
+WORKFLOWS = REPO / "example_workflows"  # ComfyUI lists a custom node's example_workflows/*.json as templates
+API_WORKFLOWS = WORKFLOWS / "api"  # a subfolder: served, but not listed as templates
+# The exact-engine templates, by the short names the tests use. A file name is the title ComfyUI's template browser
+# shows (and <name>.jpg its thumbnail, made by tests/make_thumbnails.py).
+SHIPPED = {
+    "pasd_upscale_x2": "PASD SD1.5 upscale x2 (exact engine)",
+    "pasd_sdxl_upscale_x2": "PASD SDXL upscale x2 (exact engine)",
+    "pasd_batch": "PASD SD1.5 batch upscale (exact engine)",
+    "pasd_upscale_then_stylize": "PASD SD1.5 upscale then ToonYou stylization (exact engine)",
+    "pasd_upscale_fal": "PASD on fal.ai (hosted, no GPU)",
+    "pasd_sdxl_fal_vs_local": "PASD SDXL on fal.ai vs local (exact engine)",
+}
 PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
 
 # What the workflows need of ComfyUI's own nodes (checked against a real ComfyUI's /object_info by the E2E tests).
@@ -210,6 +220,7 @@ class FakePipeline:
 # --- workflows ----------------------------------------------------------------------------------
 
 def ui_workflows() -> dict[str, dict[str, Any]]:
+    """Every template, by file name (SHIPPED[short name] for the exact-engine ones)."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
 
 
