@@ -8,11 +8,11 @@ import re
 
 import pytest
 from comfy_fixtures import (
-    API_TEMPLATES,
     API_WORKFLOWS,
     CORE_NODES,
     FRONTEND_ONLY_NODES,
-    TEMPLATES,
+    REPO,
+    SHIPPED,
     WORKFLOWS,
     api_workflows,
     declarations,
@@ -29,8 +29,6 @@ from comfy_fixtures import (
 pack = load_pack()
 table = pack_module("pasd_core.params")
 
-EXPECTED = {"pasd_upscale_x2", "pasd_upscale_fal", "pasd_upscale_then_stylize", "pasd_batch",
-            "pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"}
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
 # A fal key is "<uuid>:<32 hex>"; any long unbroken token of one secret alphabet (base64url and hex, or standard
 # base64) is suspicious too, and so is a key given a value or an auth header. Model paths in the notes mix the two
@@ -42,7 +40,7 @@ KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
 SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
 
-WORKFLOW_NAMES = sorted(EXPECTED)
+WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
@@ -70,9 +68,13 @@ def source_of(workflow: dict, node: dict, input_name: str) -> dict:
     return next(n for n in workflow["nodes"] if n["id"] == origin)
 
 
-def test_the_workflows_and_their_api_copies_are_shipped():
-    assert set(ui_workflows()) == EXPECTED
-    assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == EXPECTED
+def test_the_workflows_are_shipped_as_templates_with_api_copies_and_thumbnails():
+    assert set(SHIPPED.values()) <= set(ui_workflows())
+    assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == set(ui_workflows())
+    for name in ui_workflows():  # what ComfyUI's template browser shows: the file name over <name>.jpg
+        assert (WORKFLOWS / f"{name}.jpg").is_file(), f"run: python tests/make_thumbnails.py {name!r}"
+        assert name.startswith("PASD ") and "_" not in name
+    assert not (REPO / "workflows").exists()  # one place, the one ComfyUI lists
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -113,7 +115,8 @@ def assert_widgets_fit(workflow: dict) -> None:
     for node in workflow["nodes"]:
         if node["type"] not in pack.NODE_CLASS_MAPPINGS:
             continue
-        declared = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()["required"]
+        declared_inputs = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
+        declared = {**declared_inputs["required"], **declared_inputs.get("optional", {})}
         values = widgets(node)
         table_values = {k: v for k, v in values.items() if k in table.BY_NAME}
         assert table.validate(table_values, [table.BY_NAME[k] for k in table_values]) == table_values
@@ -142,8 +145,7 @@ def assert_api_copy(ui: dict, api: dict) -> None:
         assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node)} == widgets(node)
 
 
-@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json"))
-                         + sorted(TEMPLATES.glob("*.json")) + sorted(API_TEMPLATES.glob("*.json")),
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_key_like_strings(path):
     text = path.read_text()
@@ -152,7 +154,7 @@ def test_no_key_like_strings(path):
 
 
 def test_x2_workflow_upscales_by_two_on_the_local_model():
-    workflow = ui_workflows()["pasd_upscale_x2"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_x2"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     assert widgets(upscale)["scale"] == 2
     assert source_of(workflow, upscale, "image")["type"] == "LoadImage"
@@ -161,14 +163,14 @@ def test_x2_workflow_upscales_by_two_on_the_local_model():
 
 
 def test_fal_workflow_runs_the_remote_node_with_the_table_defaults():
-    workflow = ui_workflows()["pasd_upscale_fal"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_fal"]]
     (upscale,) = nodes_of(workflow, "PASDUpscaleFal")
     assert widgets(upscale) == table.defaults(table.REMOTE_PARAMS)
     assert not nodes_of(workflow, "PASDModelLoader")
 
 
 def test_stylize_workflow_chains_super_resolution_into_personalized_stylization():
-    workflow = ui_workflows()["pasd_upscale_then_stylize"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_then_stylize"]]
     upscales = nodes_of(workflow, "PASDUpscale")
     stylize = next(n for n in upscales if source_of(workflow, n, "image")["type"] == "PASDUpscale")
     assert (widgets(stylize)["scale"], widgets(stylize)["conditioning_scale"]) == (1, 0.7)
@@ -179,7 +181,7 @@ def test_stylize_workflow_chains_super_resolution_into_personalized_stylization(
 
 
 def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
-    workflow = ui_workflows()["pasd_batch"]
+    workflow = ui_workflows()[SHIPPED["pasd_batch"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     batch = source_of(workflow, upscale, "image")
     assert batch["type"] == "ImageBatch"
@@ -187,7 +189,7 @@ def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
 
 
 def test_sdxl_x2_workflow_runs_pasd_sdxl_locally_with_fals_defaults():
-    workflow = ui_workflows()["pasd_sdxl_upscale_x2"]
+    workflow = ui_workflows()[SHIPPED["pasd_sdxl_upscale_x2"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     # fal's defaults for the shared settings; the local ones at auto, which resolve to the official SDXL script's
     assert widgets(upscale) == table.defaults(table.SAMPLER_PARAMS)
@@ -199,7 +201,7 @@ def test_sdxl_x2_workflow_runs_pasd_sdxl_locally_with_fals_defaults():
 
 
 def test_fal_vs_local_workflow_feeds_one_picture_to_fal_and_its_local_sdxl_twin():
-    workflow = ui_workflows()["pasd_sdxl_fal_vs_local"]
+    workflow = ui_workflows()[SHIPPED["pasd_sdxl_fal_vs_local"]]
     (remote,) = nodes_of(workflow, "PASDUpscaleFal")
     (twin,) = nodes_of(workflow, "PASDUpscale")
     assert widgets(remote) == table.defaults(table.REMOTE_PARAMS)
@@ -215,7 +217,7 @@ def test_fal_vs_local_workflow_feeds_one_picture_to_fal_and_its_local_sdxl_twin(
 
 @pytest.mark.parametrize("name", ["pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"])
 def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_them(name):
-    workflow = ui_workflows()[name]
+    workflow = ui_workflows()[SHIPPED[name]]
     text = note_text(workflow)
     (loader,) = nodes_of(workflow, "PASDModelLoader")
     # the loader's choices, as the folders they are under a ComfyUI models folder
@@ -224,6 +226,27 @@ def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_the
     assert SDXL_DOWNLOAD in text
     if nodes_of(workflow, "PASDUpscaleFal"):
         assert "fal key" in text and "environment" in text
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_every_workflow_says_in_a_note_what_it_needs_and_where_to_get_it(name):
+    workflow = ui_workflows()[name]
+    text = note_text(workflow)
+    for loader in nodes_of(workflow, "PASDModelLoader"):
+        values = widgets(loader)
+        family = "sdxl" if "sdxl" in values["pasd_model"] else "sd15"
+        assert f"models/pasd/{values['pasd_model']}" in text and f"models/{values['base_model']}" in text
+        assert f"python -m pasd_core download --family {family}" in text and "huggingface.co/yangtao9009/" in text
+        if values["style_model"] != "none":
+            assert values["style_model"] in text and "models/checkpoints" in text
+    if nodes_of(workflow, "PASDUpscaleFal"):
+        assert "FAL_KEY" in text or "fal key" in text
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
+    for node in nodes_of(ui_workflows()[name], "LoadImage"):
+        assert widgets(node)["image"] == "example.png"  # ComfyUI ships input/example.png, nothing else
 
 
 # --- the native templates (example_workflows/): core nodes around PASD Adapter Loader and PASD Apply ----------
