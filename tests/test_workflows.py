@@ -253,11 +253,12 @@ def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
 
 NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, conditioning_scale, download flags)
     "PASD SD1.5 upscale x2 (native)": ("sd15", "pasd/checkpoint-100000", "v1-5-pruned-emaonly.safetensors",
-                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, ""),
+                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15"),
     "PASD SDXL upscale x2 (native)": ("sdxl", "pasd_sdxl/checkpoint-200000", "sd_xl_base_1.0.safetensors",
-                                      "euler", "ddim_uniform", 2, 0.8, " --family sdxl"),
-    "PASD SD1.5 stylization with LoRA (native)": ("sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors",
-                                                  "uni_pc_bh2", "sgm_uniform", 1, 0.7, " --variant pasd_light"),
+                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl"),
+    "PASD SD1.5 stylization with LoRA (native)": (
+        "sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors", "uni_pc_bh2", "sgm_uniform", 1, 0.7,
+        "--family sd15 --variant pasd_light"),
 }
 NATIVE_NAMES = sorted(NATIVE)
 
@@ -318,7 +319,7 @@ def test_native_template_note_says_which_models_go_where_and_how_to_download_the
     family, adapter, checkpoint, *_, flags = NATIVE[name]
     text = note_text(native_templates()[name])
     assert f"ComfyUI/models/pasd/{adapter}" in text and "ComfyUI/models/checkpoints" in text and checkpoint in text
-    assert f"python -m pasd_core download --models-dir ComfyUI/models{flags}" in text
+    assert f"python -m pasd_core download {flags} --models-dir ComfyUI/models" in text
     assert "https://huggingface.co/yangtao9009/PASD" in text
     if nodes_of(native_templates()[name], "LoraLoader"):
         assert "ComfyUI/models/loras" in text
