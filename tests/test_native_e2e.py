@@ -1,8 +1,8 @@
 """End to end in a real ComfyUI: the native templates (core loaders and samplers around PASD Adapter Loader and
 PASD Apply) on checkpoints that ComfyUI's own Load Checkpoint and Load LoRA accept (tests/comfy_checkpoints.py).
 
-- every native template loads in ComfyUI's own front end into its API copy, and passes ComfyUI's prompt
-  validation (node_errors {}) once its models are present;
+- every native template passes ComfyUI's prompt validation (node_errors {}) once its models are present
+  (tests/test_comfyui_e2e.py loads every template, these included, in ComfyUI's own front end);
 - the SD1.5 x2 graph, with the sampler and scheduler closest to the engine's UniPC, next to the engine's image
   on the same weights: the difference is printed (the README's figure), and only sanity bounds are asserted,
   because the two samplers differ by design (ComfyUI's UniPC is order 3, its noise comes from KSampler's seed,
@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_fixtures import FIXTURES, REPO, SDXL_CHECKPOINTS, native_api_templates, native_templates, pack_module
-from comfyui_server import Chromium, ComfyUIServer, frontend_prompts, require, run_engine_directly
+from comfy_fixtures import FIXTURES, REPO, SDXL_CHECKPOINTS, native_api_templates, pack_module
+from comfyui_server import ComfyUIServer, require, run_engine_directly
 from PIL import Image
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -186,12 +185,3 @@ def test_stylization_template_runs_with_a_core_loaded_checkpoint_and_lora(comfyu
     # every LoRA weight found its layer in ComfyUI's model and CLIP (LoraLoader logs the ones it cannot place)
     assert "lora key not loaded" not in comfyui.log(100_000)
 
-
-def test_the_frontend_loads_each_native_template_into_its_api_copy(comfyui, tmp_path):
-    require(shutil.which("chromium"), "Chromium for the front-end check", "apt-get install -y chromium")
-    with Chromium(shutil.which("chromium"), tmp_path / "profile") as chromium:
-        loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, native_templates())
-    for name, api in native_api_templates().items():
-        # every node loads, the Note included; the prompt leaves the Note out, exactly as the API copy does
-        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(native_templates()[name]["nodes"])
-        assert loaded[name]["prompt"] == api, name
