@@ -58,6 +58,13 @@ def register_model_folder() -> None:
         folder_paths.add_model_folder_path(PASD_FOLDER, os.path.join(folder_paths.models_dir, PASD_FOLDER))
 
 
+def models_root() -> str:
+    """The real path of ComfyUI's models folder (outside ComfyUI: $PASD_MODELS_DIR, default ./models)."""
+    folder_paths = _comfy("folder_paths")
+    root = folder_paths.models_dir if folder_paths is not None else os.environ.get("PASD_MODELS_DIR", "models")
+    return os.path.realpath(root)
+
+
 def model_folders(kind: str) -> list[str]:
     """The directories searched for models of `kind` ("pasd", "checkpoints", "diffusers", "loras")."""
     folder_paths = _comfy("folder_paths")

@@ -24,6 +24,7 @@ class Input:
     name: str
     io_type: str  # "INT", "FLOAT", "STRING", "COMBO", or a socket type such as "IMAGE"
     options: dict[str, Any] = field(default_factory=dict)  # keyword names of the V3 `Input` constructors
+    optional: bool = False  # may be left unconnected / absent from a prompt (INPUT_TYPES "optional")
 
 
 def from_param(param: Param) -> Input:
@@ -44,9 +45,16 @@ def from_param(param: Param) -> Input:
     return Input(param.name, WIDGET_TYPES[param.kind], options)
 
 
-def combo(name: str, choices: Sequence[str], tooltip: str) -> Input:
-    """A dropdown whose choices are not in the table (model files found on disk)."""
-    return Input(name, "COMBO", {"options": list(choices), "tooltip": tooltip})
+def combo(name: str, choices: Sequence[str], tooltip: str, *, placeholder: str | None = None,
+          optional: bool = False) -> Input:
+    """A dropdown whose choices are not in the table (model files found on disk).
+
+    An empty list becomes `[placeholder]`: ComfyUI's front end shows a new node's combo as its first choice, so
+    an empty list reads `undefined`; the placeholder says what is missing, and the node's VALIDATE_INPUTS
+    explains the fix when it is queued.
+    """
+    options = list(choices) or ([placeholder] if placeholder else [])
+    return Input(name, "COMBO", {"options": options, "tooltip": tooltip}, optional)
 
 
 def socket(name: str, io_type: str, tooltip: str | None = None) -> Input:
@@ -76,14 +84,19 @@ def declare(*items: Input | Param | Iterable[Param]) -> list[Input]:
 
 
 def comfy_inputs(inputs: Iterable[Input]) -> dict[str, dict[str, tuple]]:
-    """The classic INPUT_TYPES of a node whose inputs are `inputs` (all required)."""
-    return {"required": {item.name: classic(item) for item in inputs}}
+    """The classic INPUT_TYPES of a node whose inputs are `inputs`, required ones first as ComfyUI orders them."""
+    inputs = list(inputs)
+    declared = {"required": {item.name: classic(item) for item in inputs if not item.optional}}
+    optional = {item.name: classic(item) for item in inputs if item.optional}
+    return {**declared, "optional": optional} if optional else declared
 
 
 class DeclaredNode:
     """Base of this pack's nodes: INPUT_TYPES is made from `inputs()`, the description from the docstring."""
 
     CATEGORY = "image/upscaling/PASD"
+    # Words users search for (read by ComfyUI versions whose node search knows SEARCH_ALIASES; 0.3.64 ignores it).
+    SEARCH_ALIASES = ("pasd", "super resolution", "upscale", "restore", "enhance")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,4 +115,4 @@ def v3(item: Input, io: Any) -> Any:
     """The same input in ComfyUI's V3 schema; `io` is `comfy_api.latest.io`."""
     kinds = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "COMBO": io.Combo, "IMAGE": io.Image}
     kind = kinds.get(item.io_type) or io.Custom(item.io_type)
-    return kind.Input(item.name, **item.options)
+    return kind.Input(item.name, **item.options, **({"optional": True} if item.optional else {}))

@@ -9,18 +9,11 @@ from typing import Any
 from ..pasd_core import params as table
 from ..pasd_core.engine.work_limits import check_planned_work
 from . import host, images
+from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
+from .model_choices import NONE, base_model_choices
 
-NONE = "none"
-# The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
-PASD_CHECKPOINT_MARKERS = ("unet/config.json", "controlnet/config.json")
 SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses (seed + i) mod 2**64
-
-
-def base_model_choices() -> list[str]:
-    """SD1.5 and SDXL bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
-    folders = [f"diffusers/{name}" for name in host.model_dirs("diffusers", ("model_index.json",))]
-    return folders + [f"checkpoints/{name}" for name in host.model_files("checkpoints")]
 
 
 def base_model_path(choice: str) -> str:
@@ -37,9 +30,17 @@ def optional_path(kind: str, choice: str, input_name: str) -> str | None:
     return None if choice == NONE else host.model_path(kind, choice, input_name=input_name)
 
 
+def vae_path(choice: str) -> str | None:
+    """A vae choice: "none", a diffusers VAE folder or a single file of models/vae."""
+    if choice == NONE:
+        return None
+    is_folder = choice in host.model_dirs("vae", choices.VAE_FOLDER_MARKERS)
+    return host.model_path("vae", choice, folder=is_folder, input_name="vae")
+
+
 class PASDModelLoader(DeclaredNode):
-    """Load a PASD checkpoint (PASD-SD1.5 or PASD-SDXL) on a base of the same family, optionally with a personalized
-    model and a LoRA of that family."""
+    """Load a PASD checkpoint (PASD-SD1.5 or PASD-SDXL) from models/pasd on a base of the same family, optionally with
+    a personalized model, a LoRA and a replacement VAE of that family, for PASD Upscale (the exact PASD engine)."""
 
     RETURN_TYPES = ("PASD_MODEL",)
     FUNCTION = "load"
@@ -47,44 +48,69 @@ class PASDModelLoader(DeclaredNode):
     @classmethod
     def inputs(cls) -> list[Input]:
         return declare(
-            combo("pasd_model", host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS),
+            combo("pasd_model", choices.pasd_model_choices(),
                   "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: SD1.5 (pasd/checkpoint-100000;"
                   " pasd_light suits stylization) or SDXL (pasd_sdxl/checkpoint-200000, the model fal-ai/pasd runs). "
-                  "Its family is read from the checkpoint."),
+                  "Its family is read from the checkpoint. None yet? python -m pasd_core download --family "
+                  "sd15|sdxl --models-dir <ComfyUI>/models (from custom_nodes/ComfyUI-PASD), then press R.",
+                  placeholder=choices.NO_PASD_MODEL),
             combo("base_model", base_model_choices(),
                   "Base of the PASD checkpoint's family (text encoders, VAE): SD1.5 for pasd/pasd_light, SDXL for "
                   "pasd_sdxl; a diffusers folder from models/diffusers (stable-diffusion-v1-5, "
-                  "stable-diffusion-xl-base-1.0) or a single file from models/checkpoints."),
-            combo("style_model", [NONE, *host.model_files("checkpoints")],
+                  "stable-diffusion-xl-base-1.0) or a single file from models/checkpoints. The download command "
+                  "fetches the base with the PASD checkpoint.", placeholder=choices.NO_BASE_MODEL),
+            combo("style_model", choices.optional_choices("checkpoints"),
                   "Optional personalized checkpoint of the PASD model's family (e.g. ToonYou for SD1.5) from "
                   "models/checkpoints, for stylization; none keeps plain super-resolution."),
             table.BY_NAME["style_strength"],
-            combo("lora", [NONE, *host.model_files("loras")],
+            combo("lora", choices.optional_choices("loras"),
                   "Optional LoRA of the PASD model's family from models/loras."),
             table.BY_NAME["lora_strength"],
             table.BY_NAME["device"],
             table.BY_NAME["dtype"],
+            combo("vae", choices.vae_choices(),
+                  "Optional replacement VAE of the PASD model's family from models/vae (a diffusers folder or a "
+                  ".safetensors file), e.g. the fp16-fix SDXL VAE the official SDXL script uses in fp16; none keeps "
+                  "the base's VAE.", optional=True),
         )
 
-    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, **params: Any) -> tuple[Any]:
+    @classmethod
+    def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
+                        vae: str = NONE) -> bool | str:
+        """Before the run (ComfyUI calls this instead of its own list check for these inputs): a model that is not
+        on disk is named with its folder, where to get it and the download command."""
+        pasd_missing = pasd_model not in choices.pasd_model_choices()
+        problems = [
+            choices.missing_pasd_model(pasd_model) if pasd_missing else None,
+            None if base_model in base_model_choices() else choices.missing_base_model(base_model, pasd_missing),
+            None if style_model in choices.optional_choices("checkpoints") else
+            choices.missing_file("style_model", "checkpoints", style_model),
+            None if lora in choices.optional_choices("loras") else choices.missing_file("lora", "loras", lora),
+            None if vae in choices.vae_choices() else choices.missing_file("vae", "vae", vae),
+        ]
+        return " ".join(p for p in problems if p) or True
+
+    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, vae: str = NONE,
+             **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
         paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
                  base_model_path(base_model), optional_path("checkpoints", style_model, "style_model"),
-                 optional_path("loras", lora, "lora"))
+                 optional_path("loras", lora, "lora"), vae_path(vae))
         from ..pasd_core.engine.pipeline import PASDPipeline
 
         pipeline = PASDPipeline.from_pretrained(
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
-            lora=paths[3], lora_strength=settings["lora_strength"], device=device, dtype=dtype,
+            lora=paths[3], lora_strength=settings["lora_strength"], vae=paths[4], device=device, dtype=dtype,
             make_room=host.free_memory,
         )
         return (pipeline,)
 
 
 class PASDUpscale(DeclaredNode):
-    """Super-resolve (or, with a personalized model, stylize) an image batch with a loaded PASD model."""
+    """Super-resolve (restore and upscale 1-4x) or, with a personalized model, stylize an image batch with a loaded
+    PASD model, as the official PASD code does."""
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "upscale"
@@ -137,8 +163,10 @@ class PASDColorFix(DeclaredNode):
 
     @classmethod
     def inputs(cls) -> list[Input]:
-        return declare(socket("image", "IMAGE"),
-                       socket("reference", "IMAGE", "Its colours are applied; resized to the image if needed."),
+        return declare(socket("image", "IMAGE", "The image(s) to recolour, e.g. the output of PASD Upscale or VAE "
+                              "Decode; their detail is kept."),
+                       socket("reference", "IMAGE", "Its colours are applied (usually the original low-resolution "
+                              "image): one for the whole batch or one per image, resized to the image if needed."),
                        cls.method_input())
 
     def fix(self, image: Any, reference: Any, method: str) -> tuple[Any]:

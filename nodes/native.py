@@ -8,9 +8,9 @@ from ..pasd_core import params as table
 from ..pasd_core.model_family import SD15
 from . import host, images
 from .inputs import DeclaredNode, Input, combo, declare, socket
-from .local import PASD_CHECKPOINT_MARKERS
+from .model_choices import PASD_CHECKPOINT_MARKERS
 
-SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "pasd", "controlnet"]
+SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "enhance", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
 UNTILED = 2**31  # a latent tile larger than any image
 

@@ -18,7 +18,8 @@ class PASDUpscaleFal(DeclaredNode):
 
     @classmethod
     def inputs(cls) -> list[Input]:
-        return declare(socket("image", "IMAGE"), table.REMOTE_PARAMS)
+        return declare(socket("image", "IMAGE", "The low-resolution image(s), sent to fal one request per image; "
+                              "needs FAL_KEY in the environment that starts ComfyUI."), table.REMOTE_PARAMS)
 
     def upscale(self, image: Any, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.REMOTE_PARAMS)

@@ -2,7 +2,7 @@
 as a ComfyUI models folder, fakes of ComfyUI's modules and of the engine, and the UI-format → API-format
 workflow converter. Importing this module loads no heavy module (the pack's import-cost test relies on it).
 
-`python tests/comfy_fixtures.py` rewrites workflows/api/*.json from the UI workflows.
+`python tests/comfy_fixtures.py` rewrites example_workflows/api/*.json from the UI workflows.
 """
 
 from __future__ import annotations
@@ -21,8 +21,19 @@ FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
 CHECKPOINTS = FIXTURES / "checkpoints"
 SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
 SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
-WORKFLOWS = REPO / "workflows"
-API_WORKFLOWS = WORKFLOWS / "api"
+WORKFLOWS = REPO / "example_workflows"  # ComfyUI lists a custom node's example_workflows/*.json as templates
+API_WORKFLOWS = WORKFLOWS / "api"  # a subfolder: served, but not listed as templates
+# The exact-engine templates, by the short names the tests use. A file name is the title ComfyUI's template browser
+# shows (and <name>.jpg its thumbnail, made by tests/make_thumbnails.py).
+SHIPPED = {
+    "pasd_upscale_x2": "PASD SD1.5 upscale x2 (exact engine)",
+    "pasd_sdxl_upscale_x2": "PASD SDXL upscale x2 (exact engine)",
+    "pasd_batch": "PASD SD1.5 batch upscale (exact engine)",
+    "pasd_upscale_then_stylize": "PASD SD1.5 upscale then ToonYou stylization (exact engine)",
+    "pasd_upscale_fal": "PASD on fal.ai (hosted, no GPU)",
+    "pasd_sdxl_fal_vs_local": "PASD SDXL on fal.ai vs local (exact engine)",
+}
+NATIVE_MARK = "(native)"  # the native templates' file names end so (tests/test_workflows.py checks them)
 PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
 
 # What the workflows need of ComfyUI's own nodes (checked against a real ComfyUI's /object_info by the E2E tests).
@@ -33,6 +44,22 @@ CORE_NODES: dict[str, dict[str, Any]] = {
                   "output": [], "display_name": "Save Image"},
     "ImageBatch": {"input": {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}, "output": ["IMAGE"],
                    "display_name": "Batch Images"},
+    # the native templates' graph around PASD Apply
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": ([],)}}, "output": ["MODEL", "CLIP", "VAE"],
+                               "display_name": "Load Checkpoint"},
+    "LoraLoader": {"input": {"required": {"model": ("MODEL",), "clip": ("CLIP",), "lora_name": ([],),
+                                          "strength_model": ("FLOAT", {"default": 1.0}),
+                                          "strength_clip": ("FLOAT", {"default": 1.0})}},
+                   "output": ["MODEL", "CLIP"], "display_name": "Load LoRA"},
+    "CLIPTextEncode": {"input": {"required": {"text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}},
+                       "output": ["CONDITIONING"], "display_name": "CLIP Text Encode (Prompt)"},
+    "KSampler": {"input": {"required": {
+        "model": ("MODEL",), "seed": ("INT", {"control_after_generate": True}), "steps": ("INT", {"default": 20}),
+        "cfg": ("FLOAT", {"default": 8.0}), "sampler_name": ([],), "scheduler": ([],), "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",), "latent_image": ("LATENT",), "denoise": ("FLOAT", {"default": 1.0})}},
+        "output": ["LATENT"], "display_name": "KSampler"},
+    "VAEDecode": {"input": {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, "output": ["IMAGE"],
+                  "display_name": "VAE Decode"},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Nodes of the front end alone (isVirtualNode): saved in UI workflows, never sent to the server in a prompt.
@@ -62,7 +89,7 @@ def make_models_dir(root: Path, *, sdxl: bool = False) -> Path:
     With `sdxl`, also the tiny PASD-SDXL models where the download puts them: models/pasd/pasd_sdxl/checkpoint-200000
     and models/diffusers/stable-diffusion-xl-base-1.0.
     """
-    for name in ("pasd", "diffusers", "checkpoints", "loras"):
+    for name in ("pasd", "diffusers", "checkpoints", "loras", "vae"):
         (root / name).mkdir(parents=True, exist_ok=True)
     for variant in ("pasd", "pasd_light"):
         (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
@@ -104,7 +131,7 @@ class FakeComfyUI:
         module = types.ModuleType("folder_paths")
         module.models_dir = str(models_dir)
         module.folder_names_and_paths = {
-            kind: ([str(models_dir / kind)], {".safetensors", ".ckpt"}) for kind in ("checkpoints", "loras")}
+            kind: ([str(models_dir / kind)], {".safetensors", ".ckpt"}) for kind in ("checkpoints", "loras", "vae")}
         module.folder_names_and_paths["diffusers"] = ([str(models_dir / "diffusers")], ["folder"])
 
         def add_model_folder_path(name: str, path: str, is_default: bool = False) -> None:
@@ -210,11 +237,21 @@ class FakePipeline:
 # --- workflows ----------------------------------------------------------------------------------
 
 def ui_workflows() -> dict[str, dict[str, Any]]:
+    """Every template, by file name (SHIPPED[short name] for the exact-engine ones)."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
 
 
 def api_workflows() -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(API_WORKFLOWS.glob("*.json"))}
+
+
+def native_templates() -> dict[str, dict[str, Any]]:
+    """The native templates (UI format) by file name without .json, as the template browser titles them."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob(f"*{NATIVE_MARK}.json"))}
+
+
+def native_api_templates() -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(API_WORKFLOWS.glob(f"*{NATIVE_MARK}.json"))}
 
 
 def declarations() -> dict[str, dict[str, Any]]:

@@ -368,8 +368,8 @@ def test_outside_comfyui_the_host_falls_back_honestly(monkeypatch, models_dir, c
     cause = errors.Interrupted("x")
     assert host.interruption(cause) is cause
     host.free_memory(2**30, "cpu")  # nothing to free outside ComfyUI, and no error
-    assert host.model_dirs("pasd", local.PASD_CHECKPOINT_MARKERS) == ["pasd/checkpoint-100000",
-                                                                       "pasd_light/checkpoint-120000"]
+    markers = pack_module("nodes.model_choices").PASD_CHECKPOINT_MARKERS
+    assert host.model_dirs("pasd", markers) == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
     for total in (3, None):
         with host.progress(total) as tick:
             tick()

@@ -11,11 +11,15 @@ from comfy_fixtures import (
     API_WORKFLOWS,
     CORE_NODES,
     FRONTEND_ONLY_NODES,
+    REPO,
+    SHIPPED,
     WORKFLOWS,
     api_workflows,
     declarations,
     input_type,
     load_pack,
+    native_api_templates,
+    native_templates,
     pack_module,
     ui_to_api,
     ui_workflows,
@@ -25,8 +29,6 @@ from comfy_fixtures import (
 pack = load_pack()
 table = pack_module("pasd_core.params")
 
-EXPECTED = {"pasd_upscale_x2", "pasd_upscale_fal", "pasd_upscale_then_stylize", "pasd_batch",
-            "pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"}
 SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
 # A fal key is "<uuid>:<32 hex>"; any long unbroken token of one secret alphabet (base64url and hex, or standard
 # base64) is suspicious too, and so is a key given a value or an auth header. Model paths in the notes mix the two
@@ -38,7 +40,7 @@ KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
 SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
 
-WORKFLOW_NAMES = sorted(EXPECTED)
+WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
@@ -66,14 +68,21 @@ def source_of(workflow: dict, node: dict, input_name: str) -> dict:
     return next(n for n in workflow["nodes"] if n["id"] == origin)
 
 
-def test_the_workflows_and_their_api_copies_are_shipped():
-    assert set(ui_workflows()) == EXPECTED
-    assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == EXPECTED
+def test_the_workflows_are_shipped_as_templates_with_api_copies_and_thumbnails():
+    assert set(SHIPPED.values()) <= set(ui_workflows())
+    assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == set(ui_workflows())
+    for name in ui_workflows():  # what ComfyUI's template browser shows: the file name over <name>.jpg
+        assert (WORKFLOWS / f"{name}.jpg").is_file(), f"run: python tests/make_thumbnails.py {name!r}"
+        assert name.startswith("PASD ") and "_" not in name
+    assert not (REPO / "workflows").exists()  # one place, the one ComfyUI lists
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
-    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert_consistent_graph(json.loads((WORKFLOWS / f"{name}.json").read_text()))
+
+
+def assert_consistent_graph(workflow: dict) -> None:
     assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
     known = declarations()
     by_id = {n["id"]: n for n in workflow["nodes"]}
@@ -99,11 +108,15 @@ def test_ui_workflow_is_a_consistent_graph_of_known_nodes(name):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_widget_values_fit_the_declarations(name):
-    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    assert_widgets_fit(json.loads((WORKFLOWS / f"{name}.json").read_text()))
+
+
+def assert_widgets_fit(workflow: dict) -> None:
     for node in workflow["nodes"]:
         if node["type"] not in pack.NODE_CLASS_MAPPINGS:
             continue
-        declared = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()["required"]
+        declared_inputs = pack.NODE_CLASS_MAPPINGS[node["type"]].INPUT_TYPES()
+        declared = {**declared_inputs["required"], **declared_inputs.get("optional", {})}
         values = widgets(node)
         table_values = {k: v for k, v in values.items() if k in table.BY_NAME}
         assert table.validate(table_values, [table.BY_NAME[k] for k in table_values]) == table_values
@@ -122,8 +135,10 @@ def test_widget_values_fit_the_declarations(name):
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_api_copy_says_what_the_ui_workflow_says(name):
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    api = api_workflows()[name]
+    assert_api_copy(json.loads((WORKFLOWS / f"{name}.json").read_text()), api_workflows()[name])
+
+
+def assert_api_copy(ui: dict, api: dict) -> None:
     assert ui_to_api(ui) == api
     assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
     for node in server_nodes(ui):  # spelled out: each widget value sits under its input name
@@ -139,7 +154,7 @@ def test_no_key_like_strings(path):
 
 
 def test_x2_workflow_upscales_by_two_on_the_local_model():
-    workflow = ui_workflows()["pasd_upscale_x2"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_x2"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     assert widgets(upscale)["scale"] == 2
     assert source_of(workflow, upscale, "image")["type"] == "LoadImage"
@@ -148,14 +163,14 @@ def test_x2_workflow_upscales_by_two_on_the_local_model():
 
 
 def test_fal_workflow_runs_the_remote_node_with_the_table_defaults():
-    workflow = ui_workflows()["pasd_upscale_fal"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_fal"]]
     (upscale,) = nodes_of(workflow, "PASDUpscaleFal")
     assert widgets(upscale) == table.defaults(table.REMOTE_PARAMS)
     assert not nodes_of(workflow, "PASDModelLoader")
 
 
 def test_stylize_workflow_chains_super_resolution_into_personalized_stylization():
-    workflow = ui_workflows()["pasd_upscale_then_stylize"]
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_then_stylize"]]
     upscales = nodes_of(workflow, "PASDUpscale")
     stylize = next(n for n in upscales if source_of(workflow, n, "image")["type"] == "PASDUpscale")
     assert (widgets(stylize)["scale"], widgets(stylize)["conditioning_scale"]) == (1, 0.7)
@@ -166,7 +181,7 @@ def test_stylize_workflow_chains_super_resolution_into_personalized_stylization(
 
 
 def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
-    workflow = ui_workflows()["pasd_batch"]
+    workflow = ui_workflows()[SHIPPED["pasd_batch"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     batch = source_of(workflow, upscale, "image")
     assert batch["type"] == "ImageBatch"
@@ -174,7 +189,7 @@ def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
 
 
 def test_sdxl_x2_workflow_runs_pasd_sdxl_locally_with_fals_defaults():
-    workflow = ui_workflows()["pasd_sdxl_upscale_x2"]
+    workflow = ui_workflows()[SHIPPED["pasd_sdxl_upscale_x2"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
     # fal's defaults for the shared settings; the local ones at auto, which resolve to the official SDXL script's
     assert widgets(upscale) == table.defaults(table.SAMPLER_PARAMS)
@@ -186,7 +201,7 @@ def test_sdxl_x2_workflow_runs_pasd_sdxl_locally_with_fals_defaults():
 
 
 def test_fal_vs_local_workflow_feeds_one_picture_to_fal_and_its_local_sdxl_twin():
-    workflow = ui_workflows()["pasd_sdxl_fal_vs_local"]
+    workflow = ui_workflows()[SHIPPED["pasd_sdxl_fal_vs_local"]]
     (remote,) = nodes_of(workflow, "PASDUpscaleFal")
     (twin,) = nodes_of(workflow, "PASDUpscale")
     assert widgets(remote) == table.defaults(table.REMOTE_PARAMS)
@@ -202,7 +217,7 @@ def test_fal_vs_local_workflow_feeds_one_picture_to_fal_and_its_local_sdxl_twin(
 
 @pytest.mark.parametrize("name", ["pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"])
 def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_them(name):
-    workflow = ui_workflows()[name]
+    workflow = ui_workflows()[SHIPPED[name]]
     text = note_text(workflow)
     (loader,) = nodes_of(workflow, "PASDModelLoader")
     # the loader's choices, as the folders they are under a ComfyUI models folder
@@ -211,3 +226,100 @@ def test_sdxl_workflows_say_which_models_they_need_where_and_how_to_download_the
     assert SDXL_DOWNLOAD in text
     if nodes_of(workflow, "PASDUpscaleFal"):
         assert "fal key" in text and "environment" in text
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_every_workflow_says_in_a_note_what_it_needs_and_where_to_get_it(name):
+    workflow = ui_workflows()[name]
+    text = note_text(workflow)
+    for loader in nodes_of(workflow, "PASDModelLoader"):
+        values = widgets(loader)
+        family = "sdxl" if "sdxl" in values["pasd_model"] else "sd15"
+        assert f"models/pasd/{values['pasd_model']}" in text and f"models/{values['base_model']}" in text
+        assert f"python -m pasd_core download --family {family}" in text and "huggingface.co/yangtao9009/" in text
+        if values["style_model"] != "none":
+            assert values["style_model"] in text and "models/checkpoints" in text
+    if nodes_of(workflow, "PASDUpscaleFal"):
+        assert "FAL_KEY" in text or "fal key" in text
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
+    for node in nodes_of(ui_workflows()[name], "LoadImage"):
+        assert widgets(node)["image"] == "example.png"  # ComfyUI ships input/example.png, nothing else
+
+
+# --- the native templates (example_workflows/): core nodes around PASD Adapter Loader and PASD Apply ----------
+
+NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, conditioning_scale, download flags)
+    "PASD SD1.5 upscale x2 (native)": ("sd15", "pasd/checkpoint-100000", "v1-5-pruned-emaonly.safetensors",
+                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15"),
+    "PASD SDXL upscale x2 (native)": ("sdxl", "pasd_sdxl/checkpoint-200000", "sd_xl_base_1.0.safetensors",
+                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl"),
+    "PASD SD1.5 stylization with LoRA (native)": (
+        "sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors", "uni_pc_bh2", "sgm_uniform", 1, 0.7,
+        "--family sd15 --variant pasd_light"),
+}
+NATIVE_NAMES = sorted(NATIVE)
+
+
+def test_the_native_templates_and_their_api_copies_are_shipped():
+    assert set(native_templates()) == set(native_api_templates()) == set(NATIVE)
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_is_a_consistent_graph_with_fitting_widgets_and_api_copy(name):
+    template = native_templates()[name]
+    assert_consistent_graph(template)
+    assert_widgets_fit(template)
+    assert_api_copy(template, native_api_templates()[name])
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
+    family, adapter, checkpoint, sampler_name, scheduler, scale, conditioning, _ = NATIVE[name]
+    template = native_templates()[name]
+    (apply,) = nodes_of(template, "PASDApply")
+    assert widgets(apply) == {"scale": scale, "conditioning_scale": conditioning, "process_size": table.AUTO[int]}
+    assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter}
+    (picture,) = nodes_of(template, "LoadImage")
+    assert source_of(template, apply, "image") is picture
+    (loader,) = nodes_of(template, "CheckpointLoaderSimple")
+    assert widgets(loader) == {"ckpt_name": checkpoint} and source_of(template, apply, "vae") is loader
+    model = source_of(template, apply, "model")  # the checkpoint's MODEL, through the LoRA where there is one
+    loras = nodes_of(template, "LoraLoader")
+    assert model is (loras[0] if loras else loader)
+    if loras:
+        assert source_of(template, loras[0], "model") is source_of(template, loras[0], "clip") is loader
+    # prompts: the official added prompt of the family, the table's negative prompt, both through the same CLIP
+    positive, negative = source_of(template, apply, "positive"), source_of(template, apply, "negative")
+    assert widgets(positive)["text"] == dict(table.BY_NAME["added_prompt"].auto)[family]
+    assert widgets(negative)["text"] == table.BY_NAME["negative_prompt"].default
+    assert source_of(template, positive, "clip") is source_of(template, negative, "clip") is model
+    # KSampler on all four outputs of PASD Apply, at denoise 1.0, with the official steps and guidance
+    (sampler,) = nodes_of(template, "KSampler")
+    links = {link[0]: link for link in template["links"]}
+    fed = {s["name"]: links[s["link"]][1:3] for s in sampler["inputs"]}
+    assert fed == {"model": [apply["id"], 0], "positive": [apply["id"], 1], "negative": [apply["id"], 2],
+                   "latent_image": [apply["id"], 3]}
+    assert {k: v for k, v in widgets(sampler).items() if k != "seed"} == {
+        "steps": table.BY_NAME["steps"].default, "cfg": table.BY_NAME["guidance_scale"].default,
+        "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}
+    # then VAE Decode with the checkpoint's VAE, PASD Color Fix against the original picture, Save Image
+    (decode,) = nodes_of(template, "VAEDecode")
+    assert source_of(template, decode, "samples") is sampler and source_of(template, decode, "vae") is loader
+    (fix,) = nodes_of(template, "PASDColorFix")
+    assert source_of(template, fix, "image") is decode and source_of(template, fix, "reference") is picture
+    (save,) = nodes_of(template, "SaveImage")
+    assert source_of(template, save, "images") is fix
+
+
+@pytest.mark.parametrize("name", NATIVE_NAMES)
+def test_native_template_note_says_which_models_go_where_and_how_to_download_them(name):
+    family, adapter, checkpoint, *_, flags = NATIVE[name]
+    text = note_text(native_templates()[name])
+    assert f"ComfyUI/models/pasd/{adapter}" in text and "ComfyUI/models/checkpoints" in text and checkpoint in text
+    assert f"python -m pasd_core download {flags} --models-dir ComfyUI/models" in text
+    assert "https://huggingface.co/yangtao9009/PASD" in text
+    if nodes_of(native_templates()[name], "LoraLoader"):
+        assert "ComfyUI/models/loras" in text

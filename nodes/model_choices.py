@@ -1,0 +1,104 @@
+"""The model dropdowns of the PASD nodes, and what to tell a user whose choice is not on disk.
+
+A fresh ComfyUI has no PASD weights. Its own check answers a missing model with "Value not in list"; the
+loader's VALIDATE_INPUTS answers instead with the folder to put the model in (its real path), where to get it,
+and the download command, before anything runs. Only names the lists hold pass, so model_path's confinement of
+names to the models folders stays the only way to a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import host
+
+NONE = "none"
+# The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
+PASD_CHECKPOINT_MARKERS = ("unet/config.json", "controlnet/config.json")
+VAE_FOLDER_MARKERS = ("config.json",)  # a diffusers VAE folder (the download's fp16-fix VAE)
+# What an empty dropdown shows instead of `undefined`; queueing it gets the full explanation.
+NO_PASD_MODEL = "(no PASD model in models/pasd: queue for how to get one)"
+NO_BASE_MODEL = "(no SD1.5/SDXL base in models/diffusers or models/checkpoints: queue for how to get one)"
+PACK_DIR = Path(__file__).resolve().parent.parent  # where `python -m pasd_core` runs
+HUB = {"sd15": "https://huggingface.co/yangtao9009/PASD", "sdxl": "https://huggingface.co/yangtao9009/PASD-SDXL"}
+BASE_HUB = {"sd15": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "sdxl": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"}
+TOONYOU = "https://civitai.com/models/30240/toonyou"  # the personalized model of the paper's stylization recipe
+
+
+def pasd_model_choices() -> list[str]:
+    return host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS)
+
+
+def base_model_choices() -> list[str]:
+    """SD1.5 and SDXL bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
+    folders = [f"diffusers/{name}" for name in host.model_dirs("diffusers", ("model_index.json",))]
+    return folders + [f"checkpoints/{name}" for name in host.model_files("checkpoints")]
+
+
+def vae_choices() -> list[str]:
+    """none, then diffusers VAE folders and single VAE files of models/vae (a folder's own weights not twice)."""
+    folders = host.model_dirs("vae", VAE_FOLDER_MARKERS)
+    files = [f for f in host.model_files("vae") if not any(f.startswith(folder + "/") for folder in folders)]
+    return [NONE, *folders, *files]
+
+
+def optional_choices(kind: str) -> list[str]:
+    """none, then the model files of models/`kind` (checkpoints for style models, loras)."""
+    return [NONE, *host.model_files(kind)]
+
+
+# --- first-run help ------------------------------------------------------------------------------
+
+def family_hint(name: str) -> str:
+    """sdxl when the model's name says so, else sd15 (the download's default); only for choosing what to suggest."""
+    return "sdxl" if "xl" in name.lower() else "sd15"
+
+
+def download_command(family: str, variant: str | None = None) -> str:
+    named = variant not in (None, "pasd") and family == "sd15"  # pasd is the sd15 default
+    flags = f"--family {family}" + (f" --variant {variant}" if named else "")
+    return (f"cd {_quoted(str(PACK_DIR))} && python -m pasd_core download {flags} "
+            f"--models-dir {_quoted(host.models_root())}")
+
+
+def _quoted(path: str) -> str:
+    return f'"{path}"' if " " in path else path
+
+
+def _where(kind: str) -> str:
+    """The folders of `kind` as a user finds them: the models folder's name and every real path searched."""
+    return f"models/{kind} ({', '.join(os.path.realpath(f) for f in host.model_folders(kind))})"
+
+
+def missing_pasd_model(name: str) -> str:
+    from ..pasd_core.weights.download import PASD_VARIANTS
+
+    family = family_hint(name)
+    variant = name.split("/")[0] if isinstance(name, str) and name.split("/")[0] in PASD_VARIANTS else None
+    what = "PASD-SDXL" if family == "sdxl" else "PASD-SD1.5"
+    found = "it holds none" if not pasd_model_choices() else "pick one from the list"
+    return (f"pasd_model {name!r} is not in {_where(host.PASD_FOLDER)}, where PASD checkpoint folders (each with "
+            f"unet/ and controlnet/) go; {found}. Get {what} from {HUB[family]} into that folder (keeping "
+            f"{variant or 'pasd'}/checkpoint-<step>/), or run: {download_command(family, variant)}. "
+            "Then press R in ComfyUI to refresh the lists.")
+
+
+def missing_base_model(name: str, pasd_model_missing: bool = False) -> str:
+    family = family_hint(name)
+    label = "SDXL" if family == "sdxl" else "SD1.5"
+    download = ("the download command above fetches it with the PASD weights" if pasd_model_missing else
+                f"the download fetches it: {download_command(family)}; then press R in ComfyUI to refresh the lists")
+    return (f"base_model {name!r} is not in {_where('diffusers')} nor {_where('checkpoints')}. The PASD checkpoint "
+            f"needs a {label} base: a diffusers folder from {BASE_HUB[family]} in models/diffusers, or any {label} "
+            f"checkpoint .safetensors in models/checkpoints; {download}.")
+
+
+def missing_file(input_name: str, kind: str, name: str) -> str:
+    source = f" (ToonYou: {TOONYOU})" if "toonyou" in str(name).lower() else ""
+    if kind == "vae":
+        source = (" (the fp16-fix SDXL VAE: add --fp16-fix-vae to the download command "
+                  f"{download_command('sdxl')})")
+    return (f"{input_name} {name!r} is not in {_where(kind)}: put that file there{source} and press R in ComfyUI "
+            f"to refresh the lists, or pick {NONE} to run without it.")
