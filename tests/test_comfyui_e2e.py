@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from comfy_fixtures import (
     CHECKPOINTS,
     CORE_NODES,
     FIXTURES,
     REPO,
     SDXL_CHECKPOINTS,
+    SHIPPED,
     api_workflows,
     load_pack,
     make_models_dir,
@@ -96,8 +98,7 @@ def base(tmp_path_factory) -> Path:
     write_sdxl_file(models / "checkpoints" / SDXL_FILE, *sdxl_base_modules(), unet=tiny_sdxl_unet())
     (base / "input").mkdir()
     picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
-    picture.save(base / "input" / "example.png")
-    picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(base / "input" / "example2.png")
+    picture.save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the templates use only it
     return base
 
 
@@ -118,7 +119,7 @@ def comfyui(base, fal_stub):
 def workflow(name: str, **settings) -> dict:
     """An API workflow as shipped, with `settings` applied to every PASD upscale node (the shared ones only to
     the fal node, which takes no others)."""
-    prompt = copy.deepcopy(api_workflows()[name])
+    prompt = copy.deepcopy(api_workflows()[SHIPPED[name]])
     for node in prompt.values():
         if node["class_type"] == "PASDUpscale":
             node["inputs"].update(settings)
@@ -164,6 +165,8 @@ def test_pack_loads_with_its_nodes_and_models(comfyui):
     assert loader["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "diffusers/stable-diffusion-xl-base-1.0",
                                        f"checkpoints/{SDXL_FILE}", "checkpoints/toonyou_beta6.safetensors"]
     assert loader["style_model"][0] == ["none", SDXL_FILE, "toonyou_beta6.safetensors"]
+    optional = comfyui.object_info("PASDModelLoader")["input"]["optional"]
+    assert optional["vae"][0] == ["none"] and "vae" in comfyui.object_info("PASDModelLoader")["input_order"]["optional"]
     assert "SDXL" in loader["base_model"][1]["tooltip"] and "SDXL" in loader["pasd_model"][1]["tooltip"]
 
 
@@ -199,7 +202,8 @@ print(json.dumps(out))
     assert done.returncode == 0, done.stderr[-3000:]
     v3 = json.loads(done.stdout.strip().splitlines()[-1])
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
-        for input_name, (kind, options) in json.loads(json.dumps(cls.INPUT_TYPES()))["required"].items():
+        declared = json.loads(json.dumps(cls.INPUT_TYPES()))
+        for input_name, (kind, options) in {**declared["required"], **declared.get("optional", {})}.items():
             v3_type, v3_options = v3[name][input_name]
             if isinstance(kind, list):
                 assert (v3_type, v3_options["options"]) == ("COMBO", kind)
@@ -248,15 +252,16 @@ def test_batch_workflow_gives_one_output_per_image_with_seed_plus_index(comfyui,
     results = [pixels(p) for p in comfyui.output_images(entry, node_id(prompt, "SaveImage"))]
     assert len(results) == 2 and results[0].shape == (128, 128, 3)
     stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
-    direct = engine_outputs(tmp_path, [base / "input" / "example.png", base / "input" / "example2.png"], [stage])
+    direct = engine_outputs(tmp_path, [base / "input" / "example.png"] * 2, [stage])  # the template as shipped
     assert all(np.array_equal(r, d) for r, d in zip(results, direct, strict=True))
+    assert not np.array_equal(results[0], results[1])  # the same picture, seeds 7 and 8
 
 
 def test_stylize_workflow_chains_super_resolution_and_personalized_stylization(comfyui, base, tmp_path):
     prompt = workflow("pasd_upscale_then_stylize", **FAST)
     entry = comfyui.run(prompt)
-    (super_resolved,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "super-resolved"))
-    (stylized,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "stylized"))
+    # one Save Image for both, so that the graph runs whole or not at all: the super-resolved picture first
+    super_resolved, stylized = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
     first, second = node_id(prompt, "PASDUpscale", "super-resolution"), node_id(prompt, "PASDUpscale", "stylization")
     style = str(base / "models" / "checkpoints" / "toonyou_beta6.safetensors")
     (direct_sr,) = engine_outputs(tmp_path, [base / "input" / "example.png"],
@@ -266,6 +271,28 @@ def test_stylize_workflow_chains_super_resolution_and_personalized_stylization(c
         {"base": SD15, "pasd": PASD_LIGHT, "style_model": style, "settings": upscale_settings(prompt, second)}])
     assert np.array_equal(pixels(super_resolved), direct_sr)
     assert np.array_equal(pixels(stylized), direct_style) and pixels(stylized).shape == (128, 128, 3)
+
+
+def test_stylize_workflow_without_its_style_model_is_refused_before_anything_runs(comfyui):
+    prompt = workflow("pasd_upscale_then_stylize", **FAST)
+    stylize = next(k for k, n in prompt.items() if n["class_type"] == "PASDModelLoader"
+                   and n["inputs"]["style_model"] != "none")
+    prompt[stylize]["inputs"]["style_model"] = "toonyou_beta7.safetensors"  # a style model this ComfyUI lacks
+    started = comfyui.log(10_000).count("PASD: upscaling")
+    response = requests.post(f"{comfyui.url}/prompt", json={"prompt": prompt, "client_id": comfyui.client_id},
+                             timeout=60)
+    assert response.status_code == 400, response.text[:2000]
+    node_errors = response.json()["node_errors"]
+    assert set(node_errors) == {stylize}  # the super-resolution half is fine, yet the whole graph is refused
+    details = "\n".join(e["details"] for e in node_errors[stylize]["errors"])
+    assert "style_model 'toonyou_beta7.safetensors' is not in models/checkpoints" in details
+    time.sleep(1.0)
+    assert comfyui.log(10_000).count("PASD: upscaling") == started
+
+
+def test_the_template_listing_serves_every_shipped_workflow(comfyui):
+    listed = comfyui.get("/api/workflow_templates").json()["ComfyUI-PASD"]
+    assert set(SHIPPED.values()) <= set(listed)
 
 
 def test_fal_workflow_runs_on_the_stub_with_the_key_from_the_environment(comfyui, base, fal_stub):

@@ -180,6 +180,18 @@ def test_stylize_workflow_chains_super_resolution_into_personalized_stylization(
     assert widgets(first)["scale"] == 2 and widgets(source_of(workflow, first, "pasd_model"))["style_model"] == "none"
 
 
+def test_stylize_workflow_saves_only_what_needs_the_style_model_so_it_runs_whole_or_not_at_all():
+    # ComfyUI runs the outputs whose inputs validate and drops the others: an output that needed only the first
+    # half would run for minutes while the missing style model is reported beside it
+    workflow = ui_workflows()[SHIPPED["pasd_upscale_then_stylize"]]
+    (save,) = nodes_of(workflow, "SaveImage")
+    batch = source_of(workflow, save, "images")
+    assert batch["type"] == "ImageBatch"
+    first, stylize = source_of(workflow, batch, "image1"), source_of(workflow, batch, "image2")
+    assert source_of(workflow, stylize, "image") is first
+    assert widgets(source_of(workflow, stylize, "pasd_model"))["style_model"] != "none"
+
+
 def test_batch_workflow_feeds_an_image_batch_to_one_upscale():
     workflow = ui_workflows()[SHIPPED["pasd_batch"]]
     (upscale,) = nodes_of(workflow, "PASDUpscale")
