@@ -64,9 +64,14 @@ class PASDModelLoader(DeclaredNode):
             table.BY_NAME["lora_strength"],
             table.BY_NAME["device"],
             table.BY_NAME["dtype"],
+            # last, so workflows saved before it keep their widget positions
+            combo("lcm_lora", [NONE, *host.model_files("loras")],
+                  "Optional LCM-LoRA from models/loras (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): the "
+                  "official LCM fast mode. Then use 4-8 steps (range 1-8) and guidance 1.0-2.0 in PASD Upscale."),
         )
 
-    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, **params: Any) -> tuple[Any]:
+    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE,
+             **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
@@ -77,7 +82,8 @@ class PASDModelLoader(DeclaredNode):
 
         pipeline = PASDPipeline.from_pretrained(
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
-            lora=paths[3], lora_strength=settings["lora_strength"], device=device, dtype=dtype,
+            lora=paths[3], lora_strength=settings["lora_strength"],
+            lcm_lora=optional_path("loras", lcm_lora, "lcm_lora"), device=device, dtype=dtype,
             make_room=host.free_memory,
         )
         return (pipeline,)
@@ -100,7 +106,7 @@ class PASDUpscale(DeclaredNode):
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
         pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded
-        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS), pipeline.family)
+        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS, lcm=pipeline.lcm), pipeline.family)
         image = images.checked(image)
         check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
         inputs = images.to_pil(image)
