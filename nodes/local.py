@@ -67,7 +67,7 @@ class PASDModelLoader(DeclaredNode):
             # last, so workflows saved before it keep their widget positions
             combo("lcm_lora", [NONE, *host.model_files("loras")],
                   "Optional LCM-LoRA from models/loras (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): the "
-                  "official LCM fast mode. Then use 4-8 steps (range 1-8) and guidance 1.0-2.0 in PASD Upscale."),
+                  f"official LCM fast mode. Then set in PASD Upscale: {table.lcm_summary()}."),
         )
 
     def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE,

@@ -30,6 +30,7 @@ from .params import (
     add_cli_flags,
     for_family,
     given_cli_values,
+    lcm_summary,
     validate,
 )
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "for stylization")
     up.add_argument("--lora", help="kohya-style LoRA .safetensors of the PASD checkpoint's family")
     up.add_argument("--lcm-lora", help="LCM-LoRA .safetensors (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): "
-                                       "the official LCM fast mode, 4-8 steps at guidance 1-2 (defaults 4 and 1.0)")
+                                       f"the official LCM fast mode; then {lcm_summary()}")
     up.add_argument("--vae", help="replacement VAE: diffusers folder or .safetensors (e.g. the fp16-fix SDXL VAE, "
                                   "madebyollin/sdxl-vae-fp16-fix, which the official SDXL script uses in fp16)")
     add_cli_flags(up, SAMPLER_PARAMS)

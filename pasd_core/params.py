@@ -215,6 +215,11 @@ SAMPLER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope in (SHARE
 LOADER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope == LOADER)
 
 
+def lcm_summary() -> str:
+    """The LCM fast mode's ranges and defaults in words, for tooltips and help ("steps 1-8 (4 by default), …")."""
+    return ", ".join(f"{p.name} {p.lcm.min}-{p.lcm.max} ({p.lcm.default} by default)" for p in PARAMS if p.lcm)
+
+
 def defaults(params: Iterable[Param] = SAMPLER_PARAMS) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 

@@ -46,7 +46,8 @@ class PASDPipeline:
         `vae` replaces the base's VAE (e.g. the fp16-fix SDXL VAE that the official SDXL script uses in fp16).
         `make_room(bytes, device)` is called before the weights move to a GPU (ComfyUI's free_memory).
         `lcm_lora` (PASD-SD1.5 only) turns on the official LCM fast mode: the LCM-LoRA merged with diffusers'
-        alpha/rank scale after any personalization, and LCMScheduler (4-8 steps, guidance 1-2).
+        alpha/rank scale after any personalization, and LCMScheduler; steps and guidance then take their LCM ranges
+        and defaults from the parameter table.
         """
         from ..model_family import family_of
         from ..weights.bases import check_compatible, load_base, load_vae
