@@ -99,8 +99,10 @@ class PASDSampler:
         guided = text.guided
         controlnet, scheduler = self.m.controlnet, self.m.scheduler
         # the run's generator goes to every step of a scheduler that takes one, as diffusers pipelines pass it:
-        # LCMScheduler draws fresh noise between steps from it (LCM fixtures' fact 4); UniPC takes none
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        # LCMScheduler draws fresh noise between steps from it (LCM fixtures' fact 4); UniPC takes none. Asked of
+        # the class, so a wrapper put on the instance's step (a profiler) does not hide the parameter.
+        takes_generator = "generator" in inspect.signature(type(scheduler).step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
         # the control image never changes during sampling: embed it once per tile, not once per step.
         # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
