@@ -16,11 +16,13 @@ NODE_CLASS_MAPPINGS = {
     "PASDApply": PASDApply,
 }
 
+# ComfyUI 0.3.64's node search matches only the class and display names (its front end ignores SEARCH_ALIASES),
+# so the sampling nodes say in their names what people search for.
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PASDModelLoader": "PASD Model Loader",
-    "PASDUpscale": "PASD Upscale",
+    "PASDUpscale": "PASD Upscale (super-resolution, restore)",
     "PASDUpscaleFal": "PASD Upscale (fal)",
     "PASDColorFix": "PASD Color Fix",
     "PASDAdapterLoader": "PASD Adapter Loader",
-    "PASDApply": "PASD Apply",
+    "PASDApply": "PASD Apply (super-resolution, restore)",
 }

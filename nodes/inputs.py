@@ -32,8 +32,8 @@ def from_param(param: Param) -> Input:
     options: dict[str, Any] = {"default": param.default, "tooltip": param.help}
     if param.choices is not None:
         return Input(param.name, "COMBO", {"options": list(param.choices), **options})
-    for key in ("min", "max", "step"):
-        value = getattr(param, key)
+    # both modes' range: the LCM fast mode's (fewer steps, lower guidance) is only known once a model is loaded
+    for key, value in zip(("min", "max", "step"), (*param.widget_limits(), param.step), strict=True):
         if value is not None:
             options[key] = param.kind(value)
     if param.auto and param.kind is int:  # the widget must accept 0, the "auto" value, below the real range

@@ -68,6 +68,10 @@ class PASDModelLoader(DeclaredNode):
             table.BY_NAME["lora_strength"],
             table.BY_NAME["device"],
             table.BY_NAME["dtype"],
+            # last of the required inputs, so workflows saved before it keep their widget positions
+            combo("lcm_lora", choices.optional_choices("loras"),
+                  "Optional LCM-LoRA from models/loras (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): the "
+                  f"official LCM fast mode. Then set in PASD Upscale: {table.lcm_summary()}."),
             combo("vae", choices.vae_choices(),
                   "Optional replacement VAE of the PASD model's family from models/vae (a diffusers folder or a "
                   ".safetensors file), e.g. the fp16-fix SDXL VAE the official SDXL script uses in fp16; none keeps "
@@ -76,7 +80,7 @@ class PASDModelLoader(DeclaredNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
-                        vae: str = NONE) -> bool | str:
+                        lcm_lora: str = NONE, vae: str = NONE) -> bool | str:
         """Before the run (ComfyUI calls this instead of its own list check for these inputs): a model that is not
         on disk is named with its folder, where to get it and the download command."""
         pasd_missing = pasd_model not in choices.pasd_model_choices()
@@ -86,11 +90,13 @@ class PASDModelLoader(DeclaredNode):
             None if style_model in choices.optional_choices("checkpoints") else
             choices.missing_file("style_model", "checkpoints", style_model),
             None if lora in choices.optional_choices("loras") else choices.missing_file("lora", "loras", lora),
+            None if lcm_lora in choices.optional_choices("loras") else
+            choices.missing_file("lcm_lora", "loras", lcm_lora),
             None if vae in choices.vae_choices() else choices.missing_file("vae", "vae", vae),
         ]
         return " ".join(p for p in problems if p) or True
 
-    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, vae: str = NONE,
+    def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE, vae: str = NONE,
              **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
@@ -102,7 +108,8 @@ class PASDModelLoader(DeclaredNode):
 
         pipeline = PASDPipeline.from_pretrained(
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
-            lora=paths[3], lora_strength=settings["lora_strength"], vae=paths[4], device=device, dtype=dtype,
+            lora=paths[3], lora_strength=settings["lora_strength"], vae=paths[4],
+            lcm_lora=optional_path("loras", lcm_lora, "lcm_lora"), device=device, dtype=dtype,
             make_room=host.free_memory,
         )
         return (pipeline,)
@@ -126,7 +133,7 @@ class PASDUpscale(DeclaredNode):
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
         pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded
-        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS), pipeline.family)
+        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS, lcm=pipeline.lcm), pipeline.family)
         image = images.checked(image)
         check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
         inputs = images.to_pil(image)

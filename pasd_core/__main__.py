@@ -29,6 +29,7 @@ from .params import (
     add_cli_flags,
     for_family,
     given_cli_values,
+    lcm_summary,
     validate,
 )
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--style-model", help="personalized checkpoint (.safetensors) of the PASD checkpoint's family, "
                                           "for stylization")
     up.add_argument("--lora", help="kohya-style LoRA .safetensors of the PASD checkpoint's family")
+    up.add_argument("--lcm-lora", help="LCM-LoRA .safetensors (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): "
+                                       f"the official LCM fast mode; then {lcm_summary()}")
     up.add_argument("--vae", help="replacement VAE: diffusers folder or .safetensors (e.g. the fp16-fix SDXL VAE, "
                                   "madebyollin/sdxl-vae-fp16-fix, which the official SDXL script uses in fp16)")
     add_cli_flags(up, SAMPLER_PARAMS)
@@ -67,12 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--fp16-fix-vae", action="store_true",
                       help="with --family sdxl, also fetch madebyollin/sdxl-vae-fp16-fix into MODELS/vae (SDXL's own "
                            "VAE overflows in fp16; the official SDXL script swaps this one in for --dtype fp16)")
+    down.add_argument("--lcm-lora", action="store_true",
+                      help="with --family sd15, also fetch the LCM-LoRA (latent-consistency/lcm-lora-sdv1-5) into "
+                           "MODELS/loras/lcm-lora-sdv1-5 for the LCM fast mode (upscale --lcm-lora)")
     down.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .weights.download import FAMILY_VARIANTS, ensure_base, ensure_fp16_fix_vae, ensure_pasd_checkpoint
+    from .weights.download import (
+        FAMILY_VARIANTS,
+        ensure_base,
+        ensure_fp16_fix_vae,
+        ensure_lcm_lora,
+        ensure_pasd_checkpoint,
+    )
 
     if args.family == SDXL and args.variant is not None:
         raise ParamError("--variant picks a PASD-SD1.5 checkpoint; PASD-SDXL has one (pasd_sdxl): drop --variant, "
@@ -81,12 +93,17 @@ def _download(args: argparse.Namespace) -> int:
         raise ParamError("--variant pasd_sdxl is PASD-SDXL: use --family sdxl instead (it fetches the SDXL base too).")
     if args.fp16_fix_vae and args.family != SDXL:
         raise ParamError("--fp16-fix-vae is an SDXL VAE: use it with --family sdxl.")
+    if args.lcm_lora and args.family != SD15:
+        raise ParamError("--lcm-lora fetches the SD1.5 LCM-LoRA; the official PASD has no LCM mode for PASD-SDXL: "
+                         "use it with --family sd15.")
     models = Path(args.models_dir)
     pasd = ensure_pasd_checkpoint(args.variant or FAMILY_VARIANTS[args.family], models / "pasd")
     base = ensure_base(models / "diffusers", args.family)
     flags = ["--pasd-model", str(pasd), "--base-model", str(base)]
     if args.fp16_fix_vae:
         flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae"))]
+    if args.lcm_lora:
+        flags += ["--lcm-lora", str(ensure_lcm_lora(models / "loras"))]
     print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
     return 0
 
@@ -153,8 +170,14 @@ def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     if not args.base_model or not args.pasd_model:
         raise InputImageError("local runs need --base-model (an SD1.5 or SDXL base: diffusers folder or .safetensors) "
                               "and --pasd-model (PASD checkpoint folder); or use --remote fal.")
-    sampler = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS)
-    return (for_family(sampler, checkpoint_family(args.pasd_model)),
+    family = checkpoint_family(args.pasd_model)
+    lcm = args.lcm_lora is not None
+    if lcm:
+        from .weights.lcm_lora import require_lcm_family
+
+        require_lcm_family(family, args.lcm_lora)
+    sampler = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS, lcm=lcm)
+    return (for_family(sampler, family),
             validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS))
 
 
@@ -165,7 +188,8 @@ def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], l
 
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
-        lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, device=loader["device"],
+        lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, lcm_lora=args.lcm_lora,
+        device=loader["device"],
         dtype=loader["dtype"],
     )
     with tqdm(total=pipeline.count_steps(image.width, image.height, settings), desc="PASD", unit="step") as bar:
@@ -178,7 +202,7 @@ def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
                   and getattr(args, p.name) is not None]
     local_only += [flag for flag, value in (("--base-model", args.base_model), ("--pasd-model", args.pasd_model),
                                             ("--style-model", args.style_model), ("--lora", args.lora),
-                                            ("--vae", args.vae)) if value]
+                                            ("--vae", args.vae), ("--lcm-lora", args.lcm_lora)) if value]
     if local_only:
         raise InputImageError(f"{', '.join(local_only)} only apply to local runs; fal-ai/pasd accepts "
                               f"{', '.join(p.flag for p in REMOTE_PARAMS)}.")

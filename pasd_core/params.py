@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import PASDError
@@ -23,6 +23,16 @@ AUTO = {int: 0, str: "auto"}
 
 class ParamError(PASDError, ValueError):
     """A parameter value is out of range, of the wrong type, or not one of the choices."""
+
+
+@dataclass(frozen=True)
+class FastMode:
+    """A parameter's range and default in the LCM fast mode (an LCM-LoRA loaded, official test_pasd.py
+    --use_lcm_lora): LCM samples in a few steps at low guidance, below the ranges fal-ai/pasd shares."""
+
+    min: float
+    max: float
+    default: Any
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Param:
     # own); the parameter's default is then AUTO[kind], resolved once the model's family is known.
     auto: tuple[tuple[str, Any], ...] = ()
     families: tuple[str, ...] = (SD15, SDXL)  # the families it means something for; ignored by the others
+    lcm: FastMode | None = None  # its range and default in the LCM fast mode (local runs with an LCM-LoRA)
 
     @property
     def help(self) -> str:
@@ -51,7 +62,23 @@ class Param:
             text += f" {AUTO[self.kind]!r} = the model's own default: {each}."
         if len(self.families) == 1:
             text += f" {LABELS[self.families[0]]} only; ignored for the other family."
+        if self.lcm:
+            text += (f" With an LCM-LoRA (fast mode, SD1.5): {self.lcm.min}-{self.lcm.max}, "
+                     f"{self.lcm.default} by default.")
         return text
+
+    def limits(self, lcm: bool = False) -> tuple[float | None, float | None]:
+        """(min, max) in the normal or the LCM fast mode."""
+        return (self.lcm.min, self.lcm.max) if lcm and self.lcm else (self.min, self.max)
+
+    def widget_limits(self) -> tuple[float | None, float | None]:
+        """(min, max) a widget must allow: both modes' values."""
+        if not self.lcm:
+            return self.min, self.max
+        return min(self.min, self.lcm.min), max(self.max, self.lcm.max)
+
+    def default_for(self, lcm: bool = False) -> Any:
+        return self.lcm.default if lcm and self.lcm else self.default
 
     def resolve(self, value: Any, family: str) -> Any:
         """`value`, or this family's default when it is the auto value."""
@@ -66,23 +93,31 @@ class Param:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-    def describe_range(self) -> str:
+    def describe_range(self, lcm: bool = False) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.min is not None and self.max is not None:
+        low, high = self.limits(lcm)
+        if low is not None and high is not None:
             auto = f"{AUTO[self.kind]} (auto) or " if self.auto else ""
-            return f"{auto}between {self.min} and {self.max}"
+            return f"{auto}between {low} and {high}"
         return "a string" if self.kind is str else f"a {self.kind.__name__}"
 
-    def check(self, value: Any) -> Any:
-        """Return `value` coerced to this parameter's type, or raise ParamError naming it."""
+    def check(self, value: Any, lcm: bool = False) -> Any:
+        """Return `value` coerced to this parameter's type, or raise ParamError naming it; `lcm`: the range of
+        the LCM fast mode applies."""
         value = self._coerce(value)
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"{self.name}={value!r} is not allowed: use {self.describe_range()}.")
         if self.auto and value == AUTO[self.kind]:
             return value
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise ParamError(f"{self.name}={value!r} is out of range: use a value {self.describe_range()}.")
+        low, high = self.limits(lcm)
+        if low is not None and value < low or high is not None and value > high:
+            fast = lcm and self.lcm is not None
+            mode = " for the LCM fast mode (an LCM-LoRA is loaded)" if fast else ""
+            other = (f"; {self.lcm.default} suits it" if fast else
+                     f" ({self.lcm.min}-{self.lcm.max} only with an LCM-LoRA)" if self.lcm else "")
+            raise ParamError(f"{self.name}={value!r} is out of range{mode}: use a value "
+                             f"{self.describe_range(lcm)}{other}.")
         return value
 
     def _coerce(self, value: Any) -> Any:
@@ -126,9 +161,11 @@ class Param:
 PARAMS: tuple[Param, ...] = (
     # Shared with fal-ai/pasd: names, ranges and defaults are the hosted API's own.
     Param("scale", int, 2, "Upscaling factor: the output is the input size times this.", min=1, max=4, step=1),
-    Param("steps", int, 25, "Number of denoising steps.", min=10, max=50, step=1),
-    Param("guidance_scale", float, 7.0, "Classifier-free guidance: how strongly the prompt steers the result.",
-          min=1.0, max=20.0, step=0.1),
+    # LCM: 4-8 steps (the LCM-LoRA's own advice), guidance 1.0-2.0 (1.0 turns CFG off and halves the work;
+    # the official-LCM fixtures use 1.0 and 1.5); fal-ai/pasd has no LCM mode and keeps 10-50 and 1-20.
+    Param("steps", int, 25, "Number of denoising steps.", min=10, max=50, step=1, lcm=FastMode(4, 8, 4)),
+    Param("guidance_scale", float, 7.0, "Classifier-free guidance: how strongly the prompt steers the result "
+          "(1.0 turns it off).", min=1.0, max=20.0, step=0.1, lcm=FastMode(1.0, 2.0, 1.0)),
     Param("conditioning_scale", float, 0.8,
           "How strongly the low-resolution image controls the result (0.7 suits stylization).",
           min=0.1, max=1.0, step=0.05),
@@ -172,23 +209,33 @@ PARAMS: tuple[Param, ...] = (
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
-REMOTE_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope == SHARED)
+# fal-ai/pasd has no LCM fast mode: its parameters keep the normal ranges only
+REMOTE_PARAMS: tuple[Param, ...] = tuple(replace(p, lcm=None) for p in PARAMS if p.scope == SHARED)
 SAMPLER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope in (SHARED, LOCAL))
 LOADER_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.scope == LOADER)
+
+
+def lcm_summary() -> str:
+    """The LCM fast mode's ranges and defaults in words, for tooltips and help ("steps 1-8 (4 by default), …")."""
+    return ", ".join(f"{p.name} {p.lcm.min}-{p.lcm.max} ({p.lcm.default} by default)" for p in PARAMS if p.lcm)
 
 
 def defaults(params: Iterable[Param] = SAMPLER_PARAMS) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
-def validate(values: Mapping[str, Any], params: Iterable[Param] = SAMPLER_PARAMS) -> dict[str, Any]:
-    """Check `values` against the table; missing ones take their defaults; unknown names are an error."""
+def validate(values: Mapping[str, Any], params: Iterable[Param] = SAMPLER_PARAMS, lcm: bool = False) -> dict[str, Any]:
+    """Check `values` against the table; missing ones take their defaults; unknown names are an error.
+
+    `lcm`: the model runs in the LCM fast mode (an LCM-LoRA loaded), whose ranges and defaults apply.
+    """
     params = tuple(params)
     known = {p.name: p for p in params}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}: expected some of {', '.join(known)}.")
-    settings = {p.name: p.check(values[p.name]) if values.get(p.name) is not None else p.default for p in params}
+    settings = {p.name: p.check(values[p.name], lcm) if values.get(p.name) is not None else p.default_for(lcm)
+                for p in params}
     _check_tiles(settings)
     return settings
 

@@ -205,6 +205,7 @@ class FakePipeline:
 
         self.device = torch.device("cpu")
         self.family = "sd15"  # a PASD-SD1.5 model: `auto` settings resolve to test_pasd.py's defaults
+        self.lcm = False  # no LCM-LoRA: the normal steps and guidance ranges
         self.required = 123_456_789  # what memory_required() reports
         self.steps, self.sizes = steps, sizes
         self.settings: list[dict] = []

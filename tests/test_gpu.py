@@ -1,4 +1,5 @@
-"""GPU tier: half precision against fp32, and the memory and time of fal's job (SDXL, 1024² → 2048², ×2, 25 steps).
+"""GPU tier: half precision against fp32 (also in the LCM fast mode), the memory and time of fal's job (SDXL, 1024² →
+2048², ×2, 25 steps), and SD1.5's time at 25 steps against LCM at 4.
 
 Skipped without a CUDA GPU. On a GPU machine (the figures are printed, hence -s):
     .venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py
@@ -24,6 +25,7 @@ from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.model_family import SD15, SDXL
 
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_lcm import lcm_pipeline  # noqa: E402
 from bench_step_cost import build_base, build_pasd, sampler_models  # noqa: E402
 from bench_step_cost import test_image as photo  # noqa: E402  (renamed: pytest would collect test_image)
 
@@ -128,3 +130,65 @@ def test_time_per_image_of_the_official_sdxl_job(sdxl_pipeline):
     print(f"\nSDXL {OFFICIAL_INPUT}² → {image.width}×{image.height}, {OFFICIAL_SETTINGS['steps']} steps, "
           f"{sdxl_pipeline.models.dtype}: {seconds:.1f} s per image on {torch.cuda.get_device_name(DEVICE)}")
     assert image.size == (2 * OFFICIAL_INPUT, 2 * OFFICIAL_INPUT)
+
+
+# --- LCM fast mode (SD1.5): a random rank-64 LCM-LoRA over the real UNet's layers (bench/bench_lcm.py) -------------
+LCM_SETTINGS = {"scale": 2, "steps": 4, "guidance_scale": 1.5, "seed": 0}  # CFG on, so both halves are exercised
+
+
+def upscale_lcm(dtype: torch.dtype) -> np.ndarray:
+    """The LoRA is merged in fp32 on CPU, then the pipeline is cast: every dtype gets the same merged weights."""
+    pipeline = lcm_pipeline(build_base(SD15), dtype).to(DEVICE)
+    image = pipeline.upscale(photo(PARITY_INPUT[SD15]), LCM_SETTINGS)
+    del pipeline
+    gc.collect()
+    torch.cuda.empty_cache()
+    return np.asarray(image, dtype=np.float64) / 255
+
+
+@pytest.fixture(scope="module")
+def lcm_fp32_image() -> np.ndarray:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return upscale_lcm(torch.float32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_lcm_half_precision_agrees_with_fp32(dtype, lcm_fp32_image):
+    """As test_half_precision_agrees_with_fp32, in the LCM fast mode (LCMScheduler draws noise between steps)."""
+    half = upscale_lcm(dtype)
+    difference = np.abs(half - lcm_fp32_image)
+    print(f"\nsd15 LCM {LCM_SETTINGS['steps']} steps {dtype}: mean |difference| {difference.mean() * 255:.3f}/255, "
+          f"max {difference.max() * 255:.0f}/255, {(difference > 1.5 / 255).mean():.2%} of values off by more than 1")
+    assert half.shape == lcm_fp32_image.shape
+    assert difference.mean() <= 1 / 255
+
+
+def test_time_per_image_25_steps_against_lcm_4_steps():
+    """Printed, never asserted: SD1.5 384² → 768² in the auto dtype, the normal sampler at 25 steps (guidance 7, CFG
+    on) against LCM at 4 steps (guidance 1.0, CFG off: the LCM default; and 1.5, CFG on)."""
+    dtype = resolve_dtype("auto", DEVICE, SD15)
+    base = build_base(SD15)
+    runs = (("UniPC", lambda: load(SD15, dtype), {"steps": 25, "guidance_scale": 7.0}),
+            ("LCM", lambda: lcm_pipeline(base, dtype).to(DEVICE), {"steps": 4, "guidance_scale": 1.0}),
+            ("LCM", None, {"steps": 4, "guidance_scale": 1.5}))
+    pipeline, lines = None, []
+    for label, make, settings in runs:
+        if make is not None:
+            pipeline = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            pipeline = make()
+            pipeline.upscale(photo(128), {"scale": 2, "seed": 0, **settings})  # warm-up
+        torch.cuda.synchronize(DEVICE)
+        start = time.perf_counter()
+        image = pipeline.upscale(photo(PARITY_INPUT[SD15]), {"scale": 2, "seed": 0, **settings})
+        torch.cuda.synchronize(DEVICE)
+        lines.append(f"{label} {settings['steps']} steps, guidance {settings['guidance_scale']}: "
+                     f"{time.perf_counter() - start:.2f} s")
+        assert image.size == (2 * PARITY_INPUT[SD15],) * 2
+    side = PARITY_INPUT[SD15]
+    print(f"\nSD1.5 {side}² → {2 * side}², {dtype} on {torch.cuda.get_device_name(DEVICE)}: " + "; ".join(lines))

@@ -24,7 +24,7 @@ def test_nodes_are_registered_under_the_fixed_names() -> None:
     assert pack.NODE_CLASS_MAPPINGS["PASDAdapterLoader"] is native.PASDAdapterLoader
     assert pack.NODE_CLASS_MAPPINGS["PASDApply"] is native.PASDApply
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["PASDAdapterLoader"] == "PASD Adapter Loader"
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["PASDApply"] == "PASD Apply"
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["PASDApply"] == "PASD Apply (super-resolution, restore)"
     for node in (native.PASDAdapterLoader, native.PASDApply):
         assert node.CATEGORY == "image/upscaling/PASD"
         assert node.DESCRIPTION, node

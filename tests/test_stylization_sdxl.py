@@ -17,7 +17,8 @@ from conftest import PASD, PASD_SDXL, SD15, SDXL_BASE
 from pasd_core.__main__ import main
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.errors import ModelError
-from pasd_core.weights.personalize import apply_lora, apply_personalized_model, original_unet_name, personalize
+from pasd_core.weights.kohya_lora import original_unet_name
+from pasd_core.weights.personalize import apply_lora, apply_personalized_model, personalize
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7}
 IMAGE = Image.new("RGB", (24, 24), (180, 120, 60))

@@ -60,8 +60,13 @@ class SD15Family:
     def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
         return dtype  # SD1.5's VAE runs in fp16 as the official script runs it
 
-    def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
-        """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it."""
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False) -> Any:
+        """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it; with an LCM-LoRA (`lcm`),
+        LCMScheduler from the same config, as its --use_lcm_lora does."""
+        if lcm:
+            from diffusers import LCMScheduler
+
+            return LCMScheduler.from_config(base.scheduler_config)
         from diffusers import UniPCMultistepScheduler
 
         return UniPCMultistepScheduler.from_config(base.scheduler_config)
@@ -91,7 +96,8 @@ class SD15Family:
         if settings["added_noise_mode"] == "exact":  # the paper's intent: noise at timestep `level` itself
             alpha_bar = scheduler.alphas_cumprod[level].to(latents.device, torch.float32)
             latents = (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * n2).to(m.dtype)
-        else:  # today's official code: UniPC looks `level` up in the schedule, misses, uses the last entry
+        else:  # today's official code: UniPC looks `level` up in the schedule, misses, uses the last entry;
+            # LCMScheduler's add_noise uses the timestep itself (LCM fixtures' fact 3), so there it equals "exact"
             latents = scheduler.add_noise(latents, n2, torch.tensor([level], dtype=torch.long, device=m.device))
         return latents * scheduler.init_noise_sigma
 
@@ -109,10 +115,15 @@ class SDXLFamily:
         SDXL pipelines do; the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix, force_upcast false) stays in fp16."""
         return torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
 
-    def make_scheduler(self, base: BaseModel, pasd_folder: Path) -> Any:
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False) -> Any:
         """Euler from the PASD-SDXL checkpoint's own scheduler/ folder, which test_pasd_sdxl.py uses instead of the
-        base's."""
+        base's. The official code has no LCM mode for SDXL: `lcm` is refused."""
         from diffusers import EulerDiscreteScheduler
+
+        if lcm:
+            from ..weights.lcm_lora import require_lcm_family
+
+            require_lcm_family(self.name, pasd_folder)
 
         path = pasd_folder / "scheduler" / "scheduler_config.json"
         if not path.is_file():

@@ -27,15 +27,16 @@ logger = logging.getLogger(__name__)
 class PASDPipeline:
     """A loaded PASD model (UNet, ControlNet, the base's text encoder(s) and VAE, scheduler) on one device."""
 
-    def __init__(self, models: SamplerModels, variant: str) -> None:
+    def __init__(self, models: SamplerModels, variant: str, lcm: bool = False) -> None:
         self.models = models
         self.variant = variant
+        self.lcm = lcm  # LCM fast mode: an LCM-LoRA merged, LCMScheduler; steps and guidance take its ranges
         self._sampler = PASDSampler(models)
 
     @classmethod
     def from_pretrained(cls, base_model: str | Path, pasd_model: str | Path, *, style_model: str | Path | None = None,
                         style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
-                        vae: str | Path | None = None,
+                        vae: str | Path | None = None, lcm_lora: str | Path | None = None,
                         device: str = "auto", dtype: str = "auto", base_config: str | Path | None = None,
                         make_room: Callable[[int, str], None] | None = None) -> "PASDPipeline":
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
@@ -44,6 +45,9 @@ class PASDPipeline:
         `base_config` only matters for a single-file base of another architecture than the shipped configs' (tests).
         `vae` replaces the base's VAE (e.g. the fp16-fix SDXL VAE that the official SDXL script uses in fp16).
         `make_room(bytes, device)` is called before the weights move to a GPU (ComfyUI's free_memory).
+        `lcm_lora` (PASD-SD1.5 only) turns on the official LCM fast mode: the LCM-LoRA merged with diffusers'
+        alpha/rank scale after any personalization, and LCMScheduler; steps and guidance then take their LCM ranges
+        and defaults from the parameter table.
         """
         from ..model_family import family_of
         from ..weights.bases import check_compatible, load_base, load_vae
@@ -53,13 +57,18 @@ class PASDPipeline:
         torch_device = resolve_device(device)
         unet, controlnet = load_pasd_checkpoint(pasd_model)
         family = FAMILIES[family_of(unet.config)]
+        if lcm_lora is not None:
+            from ..weights.lcm_lora import apply_merges, read_lcm_lora, require_lcm_family
+
+            require_lcm_family(family.name, lcm_lora)  # before the base loads
         torch_dtype = resolve_dtype(dtype, torch_device, family.name)
         base = load_base(base_model, family.name, base_config)
         check_compatible(base, unet, Path(base_model))
-        scheduler = family.make_scheduler(base, Path(pasd_model))
+        scheduler = family.make_scheduler(base, Path(pasd_model), lcm=lcm_lora is not None)
         # read and checked before any model changes
         replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
         text_encoder, vae = base.text_encoder, base.vae
+        lcm_merges = read_lcm_lora(unet, text_encoder, lcm_lora, family.name) if lcm_lora is not None else None
         if style_model is not None or lora is not None:
             from ..weights.personalize import personalize
 
@@ -67,6 +76,8 @@ class PASDPipeline:
             encoders = (text_encoder,) if base.text_encoder_2 is None else (text_encoder, base.text_encoder_2)
             personalize(unet, vae, encoders, style_model=style_model, style_strength=style_strength, lora=lora,
                         lora_strength=lora_strength)
+        if lcm_merges is not None:  # last, as the official script fuses it into the (personalized) pipeline
+            apply_merges(lcm_merges, lcm_lora)
         if replacement_vae is not None:
             vae = replacement_vae
         models = SamplerModels(
@@ -74,7 +85,7 @@ class PASDPipeline:
             scheduler=scheduler, device=torch.device("cpu"), dtype=torch_dtype, family=family,
             tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
         )
-        pipeline = cls(models, unet.variant)
+        pipeline = cls(models, unet.variant, lcm=lcm_lora is not None)
         if make_room is not None and torch_device.type != "cpu":
             make_room(pipeline.weight_bytes(), str(torch_device))
         return pipeline.to(torch_device)
@@ -121,7 +132,7 @@ class PASDPipeline:
 
     def settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """`values` checked against the shared table, with `auto` defaults resolved for this model's family."""
-        return for_family(validate(values, SAMPLER_PARAMS), self.family)
+        return for_family(validate(values, SAMPLER_PARAMS, lcm=self.lcm), self.family)
 
     def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""

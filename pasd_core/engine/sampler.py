@@ -10,6 +10,7 @@ embeddings per run, the ControlNet condition embedding per image (per tile when 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,9 +94,15 @@ class PASDSampler:
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: TextConditioning, settings: dict,
-                on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> torch.Tensor:
+                on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         guided = text.guided
         controlnet, scheduler = self.m.controlnet, self.m.scheduler
+        # the run's generator goes to every step of a scheduler that takes one, as diffusers pipelines pass it:
+        # LCMScheduler draws fresh noise between steps from it (LCM fixtures' fact 4); UniPC takes none. Asked of
+        # the class, so a wrapper put on the instance's step (a profiler) does not hide the parameter.
+        takes_generator = "generator" in inspect.signature(type(scheduler).step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
         # the control image never changes during sampling: embed it once per tile, not once per step.
         # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
@@ -129,7 +136,7 @@ class PASDSampler:
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + settings["guidance_scale"] * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0].to(self.m.dtype)
+            latents = scheduler.step(noise, t, latents, return_dict=False, **step_kwargs)[0].to(self.m.dtype)
         return latents
 
     @staticmethod
@@ -178,7 +185,7 @@ class PASDSampler:
         generator = torch.Generator(device="cpu" if self.m.device.type == "mps" else self.m.device)
         generator.manual_seed(settings["seed"])
         latents = self.initial_latents(control, generator, settings)
-        latents = self.denoise(latents, control, text, settings, on_step, should_stop)
+        latents = self.denoise(latents, control, text, settings, on_step, should_stop, generator)
         result = self.decode(latents)
         result = color_fix(result, control_image, settings["color_fix"])
         return result.resize((image.width * settings["scale"], image.height * settings["scale"]), Image.BICUBIC)

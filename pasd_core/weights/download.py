@@ -157,3 +157,14 @@ def ensure_base(models_dir: str | Path, family: str = SD15) -> Path:
 def ensure_fp16_fix_vae(models_dir: str | Path) -> Path:
     """madebyollin/sdxl-vae-fp16-fix as a diffusers VAE folder in `models_dir` (ComfyUI's models/vae)."""
     return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1])
+
+
+# The LoRA of the official LCM fast mode (test_pasd.py --use_lcm_lora; SD1.5 only), into ComfyUI's models/loras.
+LCM_LORA = HubFiles("latent-consistency/lcm-lora-sdv1-5", "", ("pytorch_lora_weights.safetensors",),
+                    "the SD1.5 LCM-LoRA")
+
+
+def ensure_lcm_lora(models_dir: str | Path) -> Path:
+    """The LCM-LoRA file in `models_dir` (ComfyUI's models/loras), under lcm-lora-sdv1-5/, downloaded if absent."""
+    folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_id.split("/")[1])
+    return folder / LCM_LORA.files[0]

@@ -10,7 +10,6 @@ before any model is changed, so a bad file leaves the models as they were. The f
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from ..errors import ModelError, ModelMismatchError
 from ..model_family import LABELS, SD15, SDXL, family_of
 from ..params import BY_NAME
+from .kohya_lora import UNET_LORA_PREFIX, MergeLora, lora_layers, plan_merges, text_encoder_lookup, unet_lookup
 from .reader import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, CheckpointFile, checkpoint_kind
 from .sd15_file import (
     check_fits,
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 TextEncoders = nn.Module | tuple[nn.Module, ...]
 Converter = Callable[[Mapping[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
-LORA_PARTS = {"lora_down.weight", "lora_up.weight", "alpha"}
 PASD_OF = {SD15: "the SD1.5 PASD models (pasd, pasd_light)", SDXL: "PASD-SDXL (pasd_sdxl)"}
 OTHER = {SD15: SDXL, SDXL: SD15}
 
@@ -101,22 +100,6 @@ def _blend(personal: torch.Tensor, current: torch.Tensor, strength: float) -> to
     personal = personal.to(current.device, torch.float32)
     # the official formula, in fp32; copying into the model casts back to its dtype
     return personal * strength + current.float() * (1.0 - strength)
-
-
-@dataclass
-class _MergeLora:
-    """`layer.weight += multiplier * up @ down`."""
-
-    layer: nn.Module
-    up: torch.Tensor
-    down: torch.Tensor
-    multiplier: float
-
-    def apply(self) -> None:
-        weight = self.layer.weight
-        with torch.no_grad():
-            delta = (self.up.flatten(1).float() @ self.down.flatten(1).float()).reshape(weight.shape)
-            weight.add_((self.multiplier * delta).to(weight.device, weight.dtype))
 
 
 def _as_tuple(text_encoders: TextEncoders, family: str) -> tuple[nn.Module, ...]:
@@ -237,69 +220,6 @@ def apply_personalized_model(unet: nn.Module, vae: nn.Module, text_encoders: Tex
     return unet, vae, text_encoders
 
 
-def _kohya_lookup(model: nn.Module, other_name: Callable[[str], str | None]) -> dict[str, nn.Module | None]:
-    """kohya name (dotted module path with '_' for '.') → module with a 2-d or 4-d weight; None if ambiguous.
-
-    `other_name(path)` gives a second name each module is also found under (None: none).
-    """
-    lookup: dict[str, nn.Module | None] = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not name or not isinstance(weight, torch.Tensor) or weight.ndim not in (2, 4):
-            continue
-        for path in {name, other_name(name) or name}:
-            key = path.replace(".", "_")
-            lookup[key] = None if lookup.get(key, module) is not module else module
-    return lookup
-
-
-# diffusers UNet module paths → the original (LDM/SGM) layout's, outside the blocks and inside a ResNet
-_ORIGINAL_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-                 "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
-                 "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
-_ORIGINAL_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_BLOCK_PART = re.compile(r"(down|up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)")
-_MID_PART = re.compile(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)")
-
-
-def original_unet_name(name: str, config: Mapping[str, Any]) -> str | None:
-    """A diffusers UNet module path in the original (LDM/SGM) layout, or None where it has no place there.
-
-    kohya's SDXL LoRAs name UNet layers this way (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k`),
-    its SD1.5 LoRAs the diffusers way. Each original level holds its ResNets (index 0) and attentions
-    (index 1) one layer per entry, then the resampler; the PASD-only modules have no original name.
-    """
-    if name in _ORIGINAL_TOP:
-        return _ORIGINAL_TOP[name]
-    per_block = config.get("layers_per_block")
-    if not isinstance(per_block, int):
-        return None  # per-block counts: not a layout kohya names
-    stride = per_block + 1
-    if match := _MID_PART.fullmatch(name):
-        kind, layer, rest = match[1], int(match[2]), match[3]
-        return f"middle_block.{2 * layer}.{_resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
-    match = _BLOCK_PART.fullmatch(name)
-    if match is None:
-        return None
-    side, block, kind, layer, rest = match[1], int(match[2]), match[3], int(match[4]), match[5]
-    if side == "down":
-        if kind == "downsamplers":
-            return f"input_blocks.{stride * (block + 1)}.0.{rest.replace('conv', 'op', 1)}"
-        index, slot = stride * block + layer + 1, 0 if kind == "resnets" else 1
-        return f"input_blocks.{index}.{slot}.{_resnet(rest) if kind == 'resnets' else rest}"
-    if kind == "upsamplers":
-        slot = 2 if "CrossAttn" in config["up_block_types"][block] else 1  # after the attention, if any
-        return f"output_blocks.{stride * block + per_block}.{slot}.{rest}"
-    index, slot = stride * block + layer, 0 if kind == "resnets" else 1
-    return f"output_blocks.{index}.{slot}.{_resnet(rest) if kind == 'resnets' else rest}"
-
-
-def _resnet(rest: str) -> str:
-    first, dot, tail = rest.partition(".")
-    return _ORIGINAL_RESNET.get(first, first) + dot + tail
-
-
 def _lora_family(module_keys: list[str]) -> str | None:
     """SDXL or SD1.5 from kohya's text-encoder prefixes; None for a UNet-only LoRA (its layers' fit tells)."""
     if any(k.startswith(("lora_te1_", "lora_te2_")) for k in module_keys):
@@ -309,53 +229,20 @@ def _lora_family(module_keys: list[str]) -> str | None:
     return None
 
 
-def _lora_fits(up: torch.Tensor, down: torch.Tensor, shape: torch.Size) -> bool:
-    """Whether `up @ down` has the target weight's shape (Linear, 1x1 conv, or a kxk conv with a 1x1 `up`)."""
-    if up.ndim < 2 or down.ndim < 2:
-        return False
-    (up_out, up_rank), (down_rank, down_in) = up.flatten(1).shape, down.flatten(1).shape
-    return up_rank == down_rank and up_out == shape[0] and up_out * down_in == shape.numel()
-
-
 def _read_lora(unet: nn.Module, encoders: tuple[nn.Module, ...], path: str | Path, multiplier: float,
-               family: str) -> list[_MergeLora]:
+               family: str) -> list[MergeLora]:
     """The checked layer merges a LoRA makes; no model is changed."""
     checkpoint = CheckpointFile(path, "LoRA file")
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in checkpoint.tensors().items():
-        module, _, part = key.partition(".")
-        groups.setdefault(module, {})[part] = tensor
-    if not groups:
-        raise ModelError(f"{checkpoint.path} holds no weights.")
+    groups = lora_layers(checkpoint)
     found = _lora_family(list(groups))
     if found is not None and found != family:
         raise _wrong_family(checkpoint.path, "LoRA", found, family)
-
-    def text_model_level(encoder: nn.Module) -> Callable[[str], str | None]:
-        # kohya names CLIP layers from `text_model.`, a level transformers >= 5.6 dropped from CLIPTextModel
-        return (lambda name: None) if hasattr(encoder, "text_model") else (lambda name: "text_model." + name)
-
-    lookups = {"lora_unet_": _kohya_lookup(unet, lambda name: original_unet_name(name, unet.config))}
+    lookups = {UNET_LORA_PREFIX: unet_lookup(unet)}
     for part, encoder in zip(LAYOUTS[family].text_encoders, encoders, strict=True):
-        lookups[part.lora_prefix] = _kohya_lookup(encoder, text_model_level(encoder))
-
-    plan: list[_MergeLora] = []
-    unknown: list[str] = []
-    for module_key, parts in groups.items():
-        prefix = next((p for p in lookups if module_key.startswith(p)), None)
-        target = lookups[prefix].get(module_key[len(prefix):]) if prefix else None
-        if target is None:
-            unknown.append(module_key)
-            continue
-        if not set(parts) <= LORA_PARTS or not {"lora_down.weight", "lora_up.weight"} <= set(parts):
-            raise ModelError(f"{checkpoint.path}: layer {module_key} has {sorted(parts)}; only plain LoRA layers "
-                             "(lora_down.weight + lora_up.weight, optional alpha) are supported, not LyCORIS/DoRA.")
-        up, down = parts["lora_up.weight"], parts["lora_down.weight"]
-        if not _lora_fits(up, down, target.weight.shape):
-            raise ModelError(f"{checkpoint.path}: layer {module_key} has up {tuple(up.shape)} and down "
-                             f"{tuple(down.shape)}, which do not fit the weight {tuple(target.weight.shape)}: is this "
-                             f"LoRA for {LABELS[family]}?{_other_family_note(family)}")
-        plan.append(_MergeLora(target, up, down, multiplier))
+        lookups[part.lora_prefix] = text_encoder_lookup(encoder)
+    # as the official convert_lora: the same multiplier for every layer, alpha ignored
+    plan, unknown = plan_merges(checkpoint.path, groups, lookups, lambda parts: multiplier,
+                                f"is this LoRA for {LABELS[family]}?{_other_family_note(family)}")
     if unknown:
         hint = _unknown_lora_hint(checkpoint_kind(checkpoint.keys), family)
         keys = " / ".join(f"{p}*" for p in lookups)
@@ -405,7 +292,7 @@ def personalize(unet: nn.Module, vae: nn.Module, text_encoders: TextEncoders, *,
     """`apply_personalized_model` then `apply_lora`, with both files read and checked before any model changes."""
     family = family_of(unet.config)
     encoders = _as_tuple(text_encoders, family)
-    changes: list[_LoadWeights | _MergeLora] = []
+    changes: list[_LoadWeights | MergeLora] = []
     if style_model is not None:
         changes += _read_personalized_model(unet, vae, encoders, style_model, style_strength, family)
     if lora is not None:
@@ -413,4 +300,4 @@ def personalize(unet: nn.Module, vae: nn.Module, text_encoders: TextEncoders, *,
     for change in changes:  # in order: a blend reads the weights before the LoRA is merged
         change.apply()
     if lora is not None:
-        logger.info("merged %d LoRA layers from %s", sum(isinstance(c, _MergeLora) for c in changes), lora)
+        logger.info("merged %d LoRA layers from %s", sum(isinstance(c, MergeLora) for c in changes), lora)
