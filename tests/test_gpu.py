@@ -10,10 +10,11 @@ memory and speed, meaningless pictures. The tiny parity fixtures would say nothi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -51,27 +52,38 @@ def load(family: str, dtype: torch.dtype) -> PASDPipeline:
 
 
 def upscale(family: str, dtype: torch.dtype) -> np.ndarray:
-    pipeline = load(family, dtype)
-    image = pipeline.upscale(photo(PARITY_INPUT[family]), PARITY_SETTINGS)
+    return run_once(load(family, dtype), PARITY_INPUT[family], PARITY_SETTINGS)
+
+
+def run_once(pipeline: PASDPipeline, side: int, settings: dict) -> np.ndarray:
+    """One image of `side`² through `pipeline` in [0, 1], then the pipeline's GPU memory handed back."""
+    image = pipeline.upscale(photo(side), settings)
     del pipeline
     gc.collect()
     torch.cuda.empty_cache()
     return np.asarray(image, dtype=np.float64) / 255
 
 
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """True fp32: with TF32 on (PyTorch's default for cuDNN), "fp32" convolutions round to 10 bits."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="module")
 def fp32_images() -> Callable[[str], np.ndarray]:
-    """Each family's fp32 result, made on first use. TF32 off: with it, "fp32" convolutions round to 10 bits."""
+    """Each family's fp32 result (TF32 off), made on first use."""
     images: dict[str, np.ndarray] = {}
 
     def image(family: str) -> np.ndarray:
         if family not in images:
-            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-            try:
+            with tf32_off():
                 images[family] = upscale(family, torch.float32)
-            finally:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
         return images[family]
 
     return image
@@ -138,22 +150,13 @@ LCM_SETTINGS = {"scale": 2, "steps": 4, "guidance_scale": 1.5, "seed": 0}  # CFG
 
 def upscale_lcm(dtype: torch.dtype) -> np.ndarray:
     """The LoRA is merged in fp32 on CPU, then the pipeline is cast: every dtype gets the same merged weights."""
-    pipeline = lcm_pipeline(build_base(SD15), dtype).to(DEVICE)
-    image = pipeline.upscale(photo(PARITY_INPUT[SD15]), LCM_SETTINGS)
-    del pipeline
-    gc.collect()
-    torch.cuda.empty_cache()
-    return np.asarray(image, dtype=np.float64) / 255
+    return run_once(lcm_pipeline(build_base(SD15), dtype).to(DEVICE), PARITY_INPUT[SD15], LCM_SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def lcm_fp32_image() -> np.ndarray:
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with tf32_off():
         return upscale_lcm(torch.float32)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

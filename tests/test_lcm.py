@@ -14,7 +14,7 @@ from comfy_fixtures import load_pack, make_models_dir, pack_module
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_parity import INTERMEDIATE_TOLERANCES, TOLERANCE, _max_difference
+from test_parity import TOLERANCE, _max_difference, assert_intermediates_match
 
 from conftest import MODELS, PASD, PASD_SDXL, SD15, SDXL_BASE
 from pasd_core.__main__ import main as cli_main
@@ -99,32 +99,7 @@ def test_lcm_intermediate_tensors_match_official(case, lcm_pipeline, monkeypatch
     """Control image and LCM timesteps exactly; start latents (noise at t=900 itself, fact 3), final latents and
     decoded image within test_parity's measured tolerances."""
     data = lcm_case(case)
-    seen = {}
-    real_initial, real_decode = sampler_module.PASDSampler.initial_latents, sampler_module.PASDSampler.decode
-
-    def initial_latents(self, *args, **kwargs):
-        seen["init_latents"] = real_initial(self, *args, **kwargs)
-        return seen["init_latents"]
-
-    def decode(self, latents):
-        seen["final_latents_scaled"] = latents / self.m.vae.config.scaling_factor
-        with torch.no_grad():
-            seen["decoded"] = self.m.vae.decode(seen["final_latents_scaled"], return_dict=False)[0]
-        return real_decode(self, latents)
-
-    monkeypatch.setattr(sampler_module.PASDSampler, "initial_latents", initial_latents)
-    monkeypatch.setattr(sampler_module.PASDSampler, "decode", decode)
-    image = Image.open(data["dir"] / "input.png").convert("RGB")
-    control = sampler_module.control_image_for(image, data["settings"]["scale"], data["settings"]["process_size"])
-    np.testing.assert_array_equal(np.asarray(control), np.load(data["dir"] / "control_image.npy").astype(np.uint8))
-    lcm_pipeline.upscale(image, data["settings"])
-    timesteps = lcm_pipeline.models.scheduler.timesteps.cpu().numpy()
-    np.testing.assert_array_equal(timesteps, np.load(data["dir"] / "timesteps.npy").astype(timesteps.dtype))
-    assert set(seen) == set(INTERMEDIATE_TOLERANCES)
-    for name, tensor in seen.items():
-        official = np.load(data["dir"] / f"{name}.npy")
-        np.testing.assert_allclose(tensor.numpy(), official, rtol=0,
-                                   atol=INTERMEDIATE_TOLERANCES[name] * np.abs(official).max(), err_msg=name)
+    assert_intermediates_match(lcm_pipeline, data, monkeypatch)
 
 
 def test_both_noise_modes_add_the_noise_at_the_level_itself_under_lcm(lcm_pipeline):

@@ -57,12 +57,9 @@ def test_cli_matches_official_output(case, tmp_path, capsys):
     assert _max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
 
 
-@pytest.mark.parametrize("case", ALL_CASES)
-def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
-    """Control image and timesteps exactly; start latents, final latents and decoded image within the measured
-    rounding drift (INTERMEDIATE_TOLERANCES), so a real drift is located, not just seen."""
-    data = case_data(case)
-    pipeline = tiny_pipeline(data["variant"])
+def assert_intermediates_match(pipeline, data: dict, monkeypatch) -> None:
+    """Run `data`'s case on `pipeline`, recording the start latents, the final latents and the decoded image; check
+    the control image and timesteps exactly, the rest within INTERMEDIATE_TOLERANCES of the official .npy files."""
     seen = {}
     real_initial, real_decode = sampler_module.PASDSampler.initial_latents, sampler_module.PASDSampler.decode
 
@@ -89,3 +86,12 @@ def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
         official = np.load(data["dir"] / f"{name}.npy")
         np.testing.assert_allclose(tensor.numpy(), official, rtol=0,
                                    atol=INTERMEDIATE_TOLERANCES[name] * np.abs(official).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_intermediate_tensors_match_official(case, tiny_pipeline, monkeypatch):
+    """Control image and timesteps exactly; start latents, final latents and decoded image within the measured
+    rounding drift (INTERMEDIATE_TOLERANCES), so a real drift is located, not just seen."""
+    data = case_data(case)
+    pipeline = tiny_pipeline(data["variant"])
+    assert_intermediates_match(pipeline, data, monkeypatch)
