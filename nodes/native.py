@@ -7,8 +7,8 @@ from typing import Any
 from ..pasd_core import params as table
 from ..pasd_core.model_family import SD15
 from . import host, images
+from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, socket
-from .model_choices import PASD_CHECKPOINT_MARKERS
 
 SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "enhance", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
@@ -28,10 +28,17 @@ class PASDAdapterLoader(DeclaredNode):
     @classmethod
     def inputs(cls) -> list[Input]:
         return declare(combo(
-            "pasd_model", host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS),
+            "pasd_model", choices.pasd_model_choices(),
             "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: pasd/checkpoint-100000 or "
             "pasd_light/checkpoint-120000 for SD1.5 models, pasd_sdxl/checkpoint-200000 for SDXL models. Only its "
-            "ControlNet and pixel-aware attention are used; the SD weights come from your MODEL."))
+            "ControlNet and pixel-aware attention are used; the SD weights come from your MODEL.",
+            placeholder=choices.NO_PASD_MODEL))
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, pasd_model: str) -> bool | str:  # noqa: N802
+        """Before the run: a PASD checkpoint that is not on disk is named with its folder, where to get it and the
+        download command (as PASD Model Loader does), instead of ComfyUI's "Value not in list"."""
+        return True if pasd_model in choices.pasd_model_choices() else choices.missing_pasd_model(pasd_model)
 
     def load(self, pasd_model: str) -> tuple[Any]:
         folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")

@@ -324,8 +324,7 @@ def test_fal_vs_local_workflow_runs_fal_and_its_local_sdxl_twin(comfyui, fal_stu
     prompt = workflow("pasd_sdxl_fal_vs_local", **FAST)
     submitted_before = len(fal_stub.calls("submit"))
     entry = comfyui.run(prompt)
-    (remote,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "fal"))
-    (local,) = comfyui.output_images(entry, node_id(prompt, "SaveImage", "local"))
+    remote, local = comfyui.output_images(entry, node_id(prompt, "SaveImage"))  # one batch: fal first, then local
     assert pixels(remote).shape == pixels(local).shape == (128, 128, 3)
     (submit,) = fal_stub.calls("submit")[submitted_before:]
     twin = upscale_settings(prompt, node_id(prompt, "PASDUpscale"))

@@ -21,6 +21,7 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 SETUP = ("set COMFYUI_DIR=<an unpacked ComfyUI 0.3.64> and COMFYUI_PYTHON=<its venv's python> as the README's "
          "\"Tests\" section shows (or run .ci/run)")
+NATIVE_SD15_X2 = "PASD SD1.5 upscale x2 (native)"
 PACK = "ComfyUI-PASD"  # the custom_nodes folder name, under which ComfyUI lists and serves the templates
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +77,8 @@ def test_a_fresh_install_shows_placeholders_not_empty_lists(fresh):
         assert len(fresh.object_info(node_type)["description"]) > 40
 
 
-@pytest.mark.parametrize("template", ["pasd_upscale_x2", "pasd_sdxl_upscale_x2"])
+# fal vs local included: its one output needs both halves, so no fal request is paid for while the local one can't run
+@pytest.mark.parametrize("template", ["pasd_upscale_x2", "pasd_sdxl_upscale_x2", "pasd_sdxl_fal_vs_local"])
 def test_queueing_a_template_without_its_models_is_refused_up_front_with_the_fix(fresh, template):
     prompt = api_workflows()[SHIPPED[template]]
     (loader,) = [k for k, n in prompt.items() if n["class_type"] == "PASDModelLoader"]
@@ -99,3 +101,16 @@ def test_the_stylize_template_names_its_style_model_and_where_to_get_it(fresh):
                    and n["inputs"]["style_model"] != "none")
     assert "style_model 'toonyou_beta6.safetensors' is not in models/checkpoints" in messages(node_errors, stylize)
     assert "https://civitai.com/models/30240/toonyou" in messages(node_errors, stylize)
+
+
+def test_a_native_template_without_its_adapter_is_refused_up_front_with_the_fix(fresh):
+    prompt = api_workflows()[NATIVE_SD15_X2]
+    (loader,) = [k for k, n in prompt.items() if n["class_type"] == "PASDAdapterLoader"]
+    node_errors = refusal(fresh, prompt)
+    assert loader in node_errors  # beside core Load Checkpoint's own refusal of the missing checkpoint
+    text = messages(node_errors, loader)
+    models = os.path.realpath(Path(fresh.base) / "models")
+    assert f"pasd_model 'pasd/checkpoint-100000' is not in models/pasd ({models}/pasd)" in text
+    assert f"python -m pasd_core download --family sd15 --models-dir {models}" in text
+    assert "Value not in list" not in text
+    assert not fresh.get("/history").json()

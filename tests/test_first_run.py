@@ -12,6 +12,7 @@ from comfy_fixtures import CHECKPOINTS, FakeComfyUI, load_pack, make_models_dir,
 
 pack = load_pack()
 local = pack_module("nodes.local")
+native = pack_module("nodes.native")
 choices = pack_module("nodes.model_choices")
 inputs = pack_module("nodes.inputs")
 
@@ -58,6 +59,22 @@ def test_queueing_a_missing_pasd_model_names_its_folder_link_and_download_comman
     # the placeholder itself, queued as is, gets the same answer
     assert "is not in models/pasd" in local.PASDModelLoader.VALIDATE_INPUTS(choices.NO_PASD_MODEL,
                                                                              choices.NO_BASE_MODEL, "none", "none")
+
+
+def test_the_adapter_loader_meets_a_fresh_install_as_the_engine_loader_does(empty_models):
+    """The native templates' PASD Adapter Loader: a placeholder, not `undefined`; the folder, the link and the
+    download command before the run, not "Value not in list"."""
+    assert native.PASDAdapterLoader.INPUT_TYPES()["required"]["pasd_model"][0] == [choices.NO_PASD_MODEL]
+    message = native.PASDAdapterLoader.VALIDATE_INPUTS("pasd_sdxl/checkpoint-200000")
+    models = os.path.realpath(empty_models)
+    assert f"pasd_model 'pasd_sdxl/checkpoint-200000' is not in models/pasd ({models}/pasd)" in message
+    assert f"python -m pasd_core download --family sdxl --models-dir {models}" in message
+    assert "https://huggingface.co/yangtao9009/PASD-SDXL" in message
+    assert native.PASDAdapterLoader.VALIDATE_INPUTS(choices.NO_PASD_MODEL).startswith("pasd_model ")
+
+
+def test_the_adapter_loader_passes_an_installed_checkpoint(models):
+    assert native.PASDAdapterLoader.VALIDATE_INPUTS("pasd/checkpoint-100000") is True
 
 
 def test_sdxl_and_light_names_get_their_own_download_command(empty_models):
