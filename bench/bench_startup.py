@@ -165,7 +165,8 @@ def timed(repo: Path, mode: str, arguments: Any, env: dict[str, str]) -> dict[st
 
 def cli_arguments(base: Path, pasd: Path, image: Path, output: Path, size: int, steps: int) -> list[str]:
     return ["upscale", str(image), "-o", str(output), "--base-model", str(base), "--pasd-model", str(pasd),
-            "--process-size", str(size), "--steps", str(steps), "--scale", "1", "--dtype", "fp32", "--device", "cpu"]
+            "--process-size", str(size), "--steps", str(steps), "--scale", "1", "--dtype", "fp32", "--device", "cpu",
+            "--high-level-info", "none"]
 
 
 def tiny_models_dir(folder: Path) -> Path:

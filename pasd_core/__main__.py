@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"the official LCM fast mode; then {lcm_summary()}")
     up.add_argument("--vae", help="replacement VAE: diffusers folder or .safetensors (e.g. the fp16-fix SDXL VAE, "
                                   "madebyollin/sdxl-vae-fp16-fix, which the official SDXL script uses in fp16)")
+    up.add_argument("--caption-model", help="CoCa captioner folder for --high-level-info caption (the default); "
+                                            "default ./models/pasd_prompt/coca_ViT-L-14, where download --captioner "
+                                            "puts it")
+    up.add_argument("--classifier-model", help="ResNet-50 classifier folder for --high-level-info classification; "
+                                               "default ./models/pasd_prompt/resnet50 (download --classifier)")
     add_cli_flags(up, SAMPLER_PARAMS)
     add_cli_flags(up, LOADER_PARAMS)
     up.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--lcm-lora", action="store_true",
                       help="with --family sd15, also fetch the LCM-LoRA (latent-consistency/lcm-lora-sdv1-5) into "
                            "MODELS/loras/lcm-lora-sdv1-5 for the LCM fast mode (upscale --lcm-lora)")
+    down.add_argument("--captioner", action="store_true",
+                      help="also fetch the prompt stage's CoCa captioner (open_clip coca_ViT-L-14, mscoco finetuned) "
+                           "into MODELS/pasd_prompt/coca_ViT-L-14: upscale captions by default, as the official PASD")
+    down.add_argument("--classifier", action="store_true",
+                      help="also fetch the ResNet-50 classifier (torchvision IMAGENET1K_V2) into "
+                           "MODELS/pasd_prompt/resnet50, for --high-level-info classification")
     down.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -81,6 +92,8 @@ def _download(args: argparse.Namespace) -> int:
     from .weights.download import (
         FAMILY_VARIANTS,
         ensure_base,
+        ensure_captioner,
+        ensure_classifier,
         ensure_fp16_fix_vae,
         ensure_lcm_lora,
         ensure_pasd_checkpoint,
@@ -104,6 +117,10 @@ def _download(args: argparse.Namespace) -> int:
         flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae"))]
     if args.lcm_lora:
         flags += ["--lcm-lora", str(ensure_lcm_lora(models / "loras"))]
+    if args.captioner:
+        flags += ["--caption-model", str(ensure_captioner(models))]
+    if args.classifier:
+        flags += ["--classifier-model", str(ensure_classifier(models))]
     print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
     return 0
 
@@ -164,8 +181,8 @@ def write_image_atomically(image: Any, path: Path, fmt: str) -> None:
 
 def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sampler settings, loader settings) of a local run, checked before anything is loaded; `auto` defaults
-    resolved for the PASD checkpoint's family, read from its config alone."""
-    from .weights.pasd_folder import checkpoint_family
+    resolved for the PASD checkpoint's family, read from its config alone; the prompt stage's model found."""
+    from .weights.pasd_folder import check_control_type, checkpoint_family
 
     if not args.base_model or not args.pasd_model:
         raise InputImageError("local runs need --base-model (an SD1.5 or SDXL base: diffusers folder or .safetensors) "
@@ -177,8 +194,23 @@ def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
 
         require_lcm_family(family, args.lcm_lora)
     sampler = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS, lcm=lcm)
-    return (for_family(sampler, family),
-            validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS))
+    loader = validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS)
+    check_control_type(args.pasd_model, loader["control_type"])
+    return for_family(sampler, family), loader
+
+
+def _prompt_models(args: argparse.Namespace, high_level_info: str) -> tuple[str | None, str | None]:
+    """(caption model, classifier model) folders the run needs: the one its high_level_info uses, checked now."""
+    from .weights.download import CAPTIONER_NAME, CLASSIFIER_NAME, default_prompt_model
+    from .weights.prompt_folders import check_prompt_model
+
+    wanted = {"caption": ("caption_model", CAPTIONER_NAME), "classification": ("classifier_model", CLASSIFIER_NAME)}
+    if high_level_info not in wanted:
+        return None, None
+    name, default = wanted[high_level_info]
+    folder = getattr(args, name) or str(default_prompt_model("models", default))
+    check_prompt_model(folder, high_level_info, given=getattr(args, name) is not None)
+    return (folder, None) if high_level_info == "caption" else (None, folder)
 
 
 def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], loader: dict[str, Any]) -> Any:
@@ -186,14 +218,19 @@ def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], l
 
     from .engine.pipeline import PASDPipeline
 
+    caption_model, classifier_model = _prompt_models(args, settings["high_level_info"])  # before anything loads
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
         lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, lcm_lora=args.lcm_lora,
-        device=loader["device"],
-        dtype=loader["dtype"],
+        device=loader["device"], dtype=loader["dtype"], control_type=loader["control_type"],
+        caption_model=caption_model, classifier_model=classifier_model,
     )
+    prompt = pipeline.describe(image, settings)
+    if settings["high_level_info"] != "none":
+        _note(f"{settings['high_level_info']}: {prompt.description!r}")
+    _note(f"prompt: {prompt.prompt!r}")
     with tqdm(total=pipeline.count_steps(image.width, image.height, settings), desc="PASD", unit="step") as bar:
-        return pipeline.upscale(image, settings, on_step=bar.update)
+        return pipeline.upscale(image, settings, prompt=prompt, on_step=bar.update)
 
 
 def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,7 +239,9 @@ def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
                   and getattr(args, p.name) is not None]
     local_only += [flag for flag, value in (("--base-model", args.base_model), ("--pasd-model", args.pasd_model),
                                             ("--style-model", args.style_model), ("--lora", args.lora),
-                                            ("--vae", args.vae), ("--lcm-lora", args.lcm_lora)) if value]
+                                            ("--vae", args.vae), ("--lcm-lora", args.lcm_lora),
+                                            ("--caption-model", args.caption_model),
+                                            ("--classifier-model", args.classifier_model)) if value]
     if local_only:
         raise InputImageError(f"{', '.join(local_only)} only apply to local runs; fal-ai/pasd accepts "
                               f"{', '.join(p.flag for p in REMOTE_PARAMS)}.")
@@ -235,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _run_remote(image, _remote_settings(args))
         else:
             settings, loader = _local_settings(args)
-            check_planned_work(image.width, image.height, settings)
+            check_planned_work(image.width, image.height, {**settings, "control_type": loader["control_type"]})
             result = _run_local(args, image, settings, loader)
         write_image_atomically(result, output, fmt)
     except KeyboardInterrupt:

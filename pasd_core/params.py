@@ -195,12 +195,24 @@ PARAMS: tuple[Param, ...] = (
           scope=LOCAL, choices=("official", "exact"), families=(SD15,)),
     Param("color_fix", str, "wavelet", "Match the output's colours to the input: wavelet (official), adain or none.",
           scope=LOCAL, choices=("wavelet", "adain", "none")),
+    # The official scripts' prompt stage (--high_level_info, caption by default): fal-ai/pasd calls its prompt an
+    # additional one, so it most likely captions too; locally it needs the captioner or classifier weights.
+    Param("high_level_info", str, "caption",
+          "How the prompt starts, as the official PASD does: caption (a CoCa captioner describes the image; your "
+          "prompt follows), classification (its ImageNet class when the classifier is at least 10% sure) or none "
+          "(your prompt only).", scope=LOCAL, choices=("caption", "classification", "none")),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
           choices=("auto", "cpu", "cuda", "mps")),
     Param("dtype", str, "auto", "Weight precision: auto is what the official scripts use on a GPU (fp16 for SD1.5, "
           "bf16 for SDXL on CUDA; fp16 on Apple MPS) and fp32 on CPU.", scope=LOADER,
           choices=("auto", "fp32", "fp16", "bf16")),
+    # The official second task (--control_type grayscale): colorization with the pasd_color checkpoint, whose
+    # folder brings its own zero-terminal-SNR scheduler; the output keeps the input's size and luminance.
+    Param("control_type", str, "realisr",
+          "Task: realisr (super-resolution and restoration) or grayscale (colorize a black-and-white photo; needs "
+          "the PASD colour checkpoint, pasd_light_color, with its scheduler/ folder).", scope=LOADER,
+          choices=("realisr", "grayscale"), families=(SD15,)),
     Param("style_strength", float, 1.0,
           "How much of the personalized model replaces the PASD UNet's SD weights (1.0 = replace).",
           scope=LOADER, min=0.0, max=1.0, step=0.05),

@@ -24,18 +24,28 @@ SDXL_BASE = SDXL_FIXTURES / "checkpoints" / "stable-diffusion-xl-base-1.0"
 PASD_SDXL = SDXL_FIXTURES / "checkpoints" / "pasd_sdxl" / "checkpoint-200000"
 SDXL_CASES = sorted(p.name for p in (SDXL_FIXTURES / "cases").iterdir())
 
+# The prompt stage (caption, classification) and colorization, made by the official scripts (their README).
+PROMPT_FIXTURES = Path(__file__).parent / "fixtures" / "pasd_caption_official_tiny"
+TINY_COCA = PROMPT_FIXTURES / "checkpoints" / "pasd_prompt" / "coca_tiny"
+PASD_COLOR = PROMPT_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000"
+PROMPT_CASES = sorted(p.name for p in (PROMPT_FIXTURES / "cases").iterdir())
+
 # The fixtures' variant names: (base model folder, PASD checkpoint folder) of each.
-MODELS = {"pasd": (SD15, PASD), "pasd_light": (SD15, PASD_LIGHT), "pasd_sdxl": (SDXL_BASE, PASD_SDXL)}
+MODELS = {"pasd": (SD15, PASD), "pasd_light": (SD15, PASD_LIGHT), "pasd_sdxl": (SDXL_BASE, PASD_SDXL),
+          "pasd_color": (SD15, PASD_COLOR)}
 
 
 def case_data(name: str) -> dict:
     """case.json of a parity case (SD1.5 or SDXL), with the base and checkpoint folders its variant uses."""
-    folder = (SDXL_FIXTURES if name in SDXL_CASES else FIXTURES) / "cases" / name
+    root = SDXL_FIXTURES if name in SDXL_CASES else PROMPT_FIXTURES if name in PROMPT_CASES else FIXTURES
+    folder = root / "cases" / name
     data = json.loads((folder / "case.json").read_text())
     data["dir"] = folder
     data.setdefault("family", "sd15")
     data["base"], data["checkpoint"] = MODELS[data["variant"]]
     data["settings"] = {k: v for k, v in data["params"].items() if k != "variant"}
+    # these sets were made with the official prompt stage off (--high_level_info given no value)
+    data["settings"].setdefault("high_level_info", "none")
     return data
 
 
@@ -54,6 +64,16 @@ def tiny_pipeline():
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    """The seeded ResNet-50 of the prompt-stage fixtures (~100 MB, rebuilt from its seed rather than committed)."""
+    from tools.prompt_models import write_classifier_folder
+
+    folder = tmp_path_factory.mktemp("pasd_prompt") / "resnet50"
+    write_classifier_folder(str(folder))
+    return folder
+
+
 @pytest.fixture()
 def pasd_copy(tmp_path: Path) -> Path:
     """A writable copy of the tiny PASD checkpoint (for corrupting it)."""
@@ -64,7 +84,8 @@ def pasd_copy(tmp_path: Path) -> Path:
     return target
 
 
-FAST_SETTINGS = {"steps": 10, "process_size": 64, "scale": 1, "seed": 1}
+# Tests of the sampler leave the prompt stage off (captioning has tests of its own); the parity sets ran with it off
+FAST_SETTINGS = {"steps": 10, "process_size": 64, "scale": 1, "seed": 1, "high_level_info": "none"}
 
 
 # --- fal: a clean environment and the stub of fal's queue (tests/fal_stub.py) ---------------------------

@@ -272,7 +272,7 @@ errors = pack_module("pasd_core.errors")
 
 
 def sampler_values(**overrides) -> dict:
-    return {**table.defaults(table.SAMPLER_PARAMS), **overrides}
+    return {**table.defaults(table.SAMPLER_PARAMS), "high_level_info": "none", **overrides}
 
 
 @pytest.mark.parametrize("image, words", [
@@ -309,7 +309,7 @@ def test_rounding_overshoot_is_clamped_silently():
     image = torch.full((1, 2, 2, 3), 0.5)
     image[0, 0, 0] = 1.0005
     image[0, 1, 1] = -0.0005
-    (result,) = local_nodes.PASDUpscale().upscale(image, pipeline, **sampler_values(scale=1))
+    result, _caption = local_nodes.PASDUpscale().upscale(image, pipeline, **sampler_values(scale=1))
     assert result[0, 0, 0].tolist() == [1.0, 1.0, 1.0] and result[0, 1, 1].tolist() == [0.0, 0.0, 0.0]
 
 

@@ -34,6 +34,7 @@ def lcm_case(name: str) -> dict:
     data["dir"] = folder
     data["lora"] = LCM_FIXTURES / data["params"]["lcm_lora"]
     data["settings"] = {k: v for k, v in data["params"].items() if k not in ("variant", "lcm_lora")}
+    data["settings"].setdefault("high_level_info", "none")  # the LCM set ran with the prompt stage off
     return data
 
 
@@ -89,7 +90,7 @@ def test_nodes_match_official_lcm_output(case, lcm_models_dir, monkeypatch):
     data = lcm_case(case)
     image = torch.from_numpy(np.asarray(Image.open(data["dir"] / "input.png").convert("RGB"), np.float32) / 255)[None]
     values = {**table.defaults(table.SAMPLER_PARAMS), **data["settings"]}  # every widget, as ComfyUI passes them
-    (result,) = local.PASDUpscale().upscale(image, pipeline, **values)
+    result, _caption = local.PASDUpscale().upscale(image, pipeline, **values)
     got = np.clip(255.0 * result[0].numpy(), 0, 255).astype(np.uint8)  # what SaveImage writes
     assert _max_difference(Image.fromarray(got), data["dir"] / "expected.png") <= TOLERANCE
 
@@ -216,9 +217,9 @@ def test_widgets_allow_lcm_values_locally_and_fal_keeps_its_range():
 def test_pipeline_with_lcm_refuses_normal_steps_and_without_lcm_refuses_lcm_steps(lcm_pipeline, tiny_pipeline):
     image = Image.new("RGB", (16, 16))
     with pytest.raises(ParamError, match="steps=25 .*LCM fast mode"):
-        lcm_pipeline.upscale(image, {"steps": 25})
+        lcm_pipeline.upscale(image, {"steps": 25, "high_level_info": "none"})
     with pytest.raises(ParamError, match="steps=4 is out of range"):
-        tiny_pipeline("pasd").upscale(image, {"steps": 4})
+        tiny_pipeline("pasd").upscale(image, {"steps": 4, "high_level_info": "none"})
 
 
 def test_cli_refuses_normal_steps_with_an_lcm_lora_before_loading(tmp_path, capsys):

@@ -32,7 +32,7 @@ def test_out_of_memory_on_gpu_retries_with_smaller_tiles(tiny_pipeline, monkeypa
     pipeline = tiny_pipeline("pasd")
     attempts = []
 
-    def run(image, settings, on_step=None, should_stop=None):
+    def run(image, settings, prompt, on_step=None, should_stop=None):
         attempts.append(settings["latent_tile_size"])
         if len(attempts) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -42,5 +42,5 @@ def test_out_of_memory_on_gpu_retries_with_smaller_tiles(tiny_pipeline, monkeypa
     monkeypatch.setattr(pipeline.models, "device", torch.device("cuda"))
     monkeypatch.setattr(pipeline_module.memory, "vae_tiles_for", lambda device, dtype, official: OFFICIAL_VAE_TILES)
     monkeypatch.setattr(pipeline_module.memory, "release", lambda device: None)
-    pipeline.upscale(Image.new("RGB", (8, 8)), {"latent_tile_size": 64})
+    pipeline.upscale(Image.new("RGB", (8, 8)), {"latent_tile_size": 64, "high_level_info": "none"})
     assert attempts == [64, 32]

@@ -15,7 +15,7 @@ from conftest import PASD, PASD_LIGHT, SD15
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.weights.pasd_folder import load_pasd_checkpoint
 
-QUICK = {"steps": 10, "process_size": 64, "scale": 1}
+QUICK = {"steps": 10, "process_size": 64, "scale": 1, "high_level_info": "none"}
 
 
 def test_stock_unet_loads_pasd_weights_and_the_extras_are_exactly_pixel_attentions():

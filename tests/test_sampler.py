@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from pasd_core.engine.color import adain_color_fix, color_fix, wavelet_color_fix
-from pasd_core.engine.sampler import control_image_for, join_prompt
+from pasd_core.engine.prompt_stage import run_prompt
+from pasd_core.engine.sampler import control_image_for
 from pasd_core.engine.tiling import gaussian_weights, latent_tiles, needs_tiling
 from pasd_core.errors import Interrupted
 
-QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3}
+QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3, "high_level_info": "none"}
 
 
 @pytest.mark.parametrize("size, scale, process_size, expected", [
@@ -26,9 +27,13 @@ def test_control_image_size_follows_official_rules(size, scale, process_size, ex
     assert control_image_for(Image.new("RGB", size), scale, process_size).size == expected
 
 
-def test_prompt_join_matches_official():
-    assert join_prompt("", "clean, 8k") == "clean, 8k"
-    assert join_prompt("a dog", "clean, 8k") == "a dog, clean, 8k"
+def test_prompt_join_without_the_prompt_stage_matches_official():
+    def joined(prompt: str) -> str:
+        settings = {"high_level_info": "none", "prompt": prompt, "added_prompt": "clean, 8k", "negative_prompt": "n"}
+        return run_prompt(settings, "realisr").prompt
+
+    assert joined("") == "clean, 8k"
+    assert joined("a dog") == "a dog, clean, 8k"
 
 
 def test_tiles_cover_the_latent_with_the_last_one_clamped():

@@ -17,7 +17,7 @@ from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.errors import ModelError
 from pasd_core.weights.pasd_folder import checkpoint_family
 
-QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3}
+QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3, "high_level_info": "none"}
 IMAGE = Image.open(case_data("X1_sdxl_fal_defaults")["dir"] / "input.png").convert("RGB")
 
 
@@ -93,7 +93,7 @@ def test_a_base_of_the_other_family_is_refused_by_the_cli(tmp_path, capsys, base
     source = tmp_path / "in.png"
     IMAGE.save(source)
     code = cli_main(["upscale", str(source), "-o", str(tmp_path / "out.png"), "--base-model", str(base),
-                     "--pasd-model", str(pasd), "--device", "cpu", "--steps", "10"])
+                     "--pasd-model", str(pasd), "--device", "cpu", "--steps", "10", "--high-level-info", "none"])
     err = capsys.readouterr().err
     # a wrong mix is the user's choice to change: bad input, exit 2
     assert code == 2 and "Traceback" not in err and not (tmp_path / "out.png").exists()
@@ -127,7 +127,7 @@ def test_the_nodes_reproduce_the_official_sdxl_output(tmp_path, monkeypatch, nam
     picture = Image.open(data["dir"] / "input.png").convert("RGB")
     batch = torch.from_numpy(np.asarray(picture, dtype=np.float32)[None] / 255.0)
     values = {**pack_module("pasd_core.params").defaults(), **data["settings"]}
-    (result,) = local.PASDUpscale().upscale(batch, pipeline, **values)
+    result, _caption = local.PASDUpscale().upscale(batch, pipeline, **values)
     got = np.clip(255.0 * result[0].numpy(), 0, 255).round().astype(np.int16)
     expected = np.asarray(Image.open(data["dir"] / "expected.png").convert("RGB"), dtype=np.int16)
     assert got.shape == expected.shape and np.abs(got - expected).max() <= 1

@@ -12,7 +12,8 @@ from conftest import PASD, PASD_LIGHT, SD15
 from pasd_core.__main__ import main
 from pasd_core.engine.pipeline import PASDPipeline
 
-QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7}
+QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7,
+         "high_level_info": "none"}
 IMAGE = Image.new("RGB", (24, 24), (180, 120, 60))
 
 
@@ -74,6 +75,7 @@ def test_missing_style_model_is_named(tmp_path, capsys):
     source = tmp_path / "in.png"
     IMAGE.save(source)
     code = main(["upscale", str(source), "-o", str(tmp_path / "o.png"), "--base-model", str(SD15), "--pasd-model",
-                 str(PASD), "--style-model", str(tmp_path / "toonyou.safetensors"), "--process-size", "64"])
+                 str(PASD), "--style-model", str(tmp_path / "toonyou.safetensors"), "--process-size", "64",
+                 "--high-level-info", "none"])
     err = capsys.readouterr().err
     assert code == 1 and "toonyou.safetensors" in err and "Traceback" not in err

@@ -20,7 +20,8 @@ from pasd_core.errors import ModelError
 from pasd_core.weights.kohya_lora import original_unet_name
 from pasd_core.weights.personalize import apply_lora, apply_personalized_model, personalize
 
-QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7}
+QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7,
+         "high_level_info": "none"}
 IMAGE = Image.new("RGB", (24, 24), (180, 120, 60))
 
 

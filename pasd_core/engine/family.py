@@ -60,16 +60,21 @@ class SD15Family:
     def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
         return dtype  # SD1.5's VAE runs in fp16 as the official script runs it
 
-    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False) -> Any:
-        """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it; with an LCM-LoRA (`lcm`),
-        LCMScheduler from the same config, as its --use_lcm_lora does."""
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False,
+                       control_type: str = "realisr") -> Any:
+        """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it, or for colorization
+        (`control_type` grayscale) from the colour checkpoint's own scheduler/ beside its checkpoint folder, every
+        key as written there; with an LCM-LoRA (`lcm`), LCMScheduler from that same config, as --use_lcm_lora does."""
+        from ..weights.pasd_folder import colorize_scheduler_config
+
+        config = colorize_scheduler_config(pasd_folder) if control_type == "grayscale" else base.scheduler_config
         if lcm:
             from diffusers import LCMScheduler
 
-            return LCMScheduler.from_config(base.scheduler_config)
+            return LCMScheduler.from_config(config)
         from diffusers import UniPCMultistepScheduler
 
-        return UniPCMultistepScheduler.from_config(base.scheduler_config)
+        return UniPCMultistepScheduler.from_config(config)
 
     @torch.no_grad()
     def encode_text(self, m: SamplerModels, prompt: str, negative_prompt: str, guided: bool,
@@ -115,7 +120,8 @@ class SDXLFamily:
         SDXL pipelines do; the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix, force_upcast false) stays in fp16."""
         return torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
 
-    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False) -> Any:
+    def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False,
+                       control_type: str = "realisr") -> Any:
         """Euler from the PASD-SDXL checkpoint's own scheduler/ folder, which test_pasd_sdxl.py uses instead of the
         base's. The official code has no LCM mode for SDXL: `lcm` is refused."""
         from diffusers import EulerDiscreteScheduler

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from ..image_io import as_rgb
-from ..params import SAMPLER_PARAMS, for_family, validate
+from ..params import SAMPLER_PARAMS, ParamError, for_family, validate
 from . import memory
 from .family import FAMILIES
+from .prompt_stage import GRAYSCALE, REALISR, PromptStage, RunPrompt, colorize_input
 from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
 from .work_limits import check_planned_work
 
@@ -27,10 +28,13 @@ logger = logging.getLogger(__name__)
 class PASDPipeline:
     """A loaded PASD model (UNet, ControlNet, the base's text encoder(s) and VAE, scheduler) on one device."""
 
-    def __init__(self, models: SamplerModels, variant: str, lcm: bool = False) -> None:
+    def __init__(self, models: SamplerModels, variant: str, lcm: bool = False, control_type: str = REALISR,
+                 prompt_stage: PromptStage | None = None) -> None:
         self.models = models
         self.variant = variant
         self.lcm = lcm  # LCM fast mode: an LCM-LoRA merged, LCMScheduler; steps and guidance take its ranges
+        self.control_type = control_type  # realisr, or grayscale: the colour checkpoint with its own scheduler
+        self.prompt_stage = prompt_stage or PromptStage()
         self._sampler = PASDSampler(models)
 
     @classmethod
@@ -38,6 +42,8 @@ class PASDPipeline:
                         style_strength: float = 1.0, lora: str | Path | None = None, lora_strength: float = 1.0,
                         vae: str | Path | None = None, lcm_lora: str | Path | None = None,
                         device: str = "auto", dtype: str = "auto", base_config: str | Path | None = None,
+                        control_type: str = REALISR, caption_model: str | Path | None = None,
+                        classifier_model: str | Path | None = None,
                         make_room: Callable[[int, str], None] | None = None) -> "PASDPipeline":
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
         of the same family, optionally personalized.
@@ -48,13 +54,19 @@ class PASDPipeline:
         `lcm_lora` (PASD-SD1.5 only) turns on the official LCM fast mode: the LCM-LoRA merged with diffusers'
         alpha/rank scale after any personalization, and LCMScheduler; steps and guidance then take their LCM ranges
         and defaults from the parameter table.
+        `control_type` "grayscale" is the official colorization (PASD-SD1.5 colour checkpoint, whose folder's
+        parent holds its scheduler/); `caption_model` / `classifier_model` are the prompt stage's CoCa and ResNet-50
+        folders (high_level_info caption / classification), loaded once and kept on the CPU between passes.
         """
         from ..model_family import family_of
         from ..weights.bases import check_compatible, load_base, load_vae
-        from ..weights.pasd_folder import load_pasd_checkpoint
+        from ..weights.pasd_folder import check_control_type, load_pasd_checkpoint
+        from ..weights.prompt_folders import load_prompt_stage
         from .device import resolve_device, resolve_dtype
 
         torch_device = resolve_device(device)
+        check_control_type(pasd_model, control_type)  # before any weights are read
+        prompt_stage = load_prompt_stage(caption_model, classifier_model, make_room)
         unet, controlnet = load_pasd_checkpoint(pasd_model)
         family = FAMILIES[family_of(unet.config)]
         if lcm_lora is not None:
@@ -64,7 +76,7 @@ class PASDPipeline:
         torch_dtype = resolve_dtype(dtype, torch_device, family.name)
         base = load_base(base_model, family.name, base_config)
         check_compatible(base, unet, Path(base_model))
-        scheduler = family.make_scheduler(base, Path(pasd_model), lcm=lcm_lora is not None)
+        scheduler = family.make_scheduler(base, Path(pasd_model), lcm=lcm_lora is not None, control_type=control_type)
         # read and checked before any model changes
         replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
         text_encoder, vae = base.text_encoder, base.vae
@@ -85,7 +97,8 @@ class PASDPipeline:
             scheduler=scheduler, device=torch.device("cpu"), dtype=torch_dtype, family=family,
             tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
         )
-        pipeline = cls(models, unet.variant, lcm=lcm_lora is not None)
+        pipeline = cls(models, unet.variant, lcm=lcm_lora is not None, control_type=control_type,
+                       prompt_stage=prompt_stage)
         if make_room is not None and torch_device.type != "cpu":
             make_room(pipeline.weight_bytes(), str(torch_device))
         return pipeline.to(torch_device)
@@ -131,23 +144,44 @@ class PASDPipeline:
         memory.release(self.models.device)
 
     def settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """`values` checked against the shared table, with `auto` defaults resolved for this model's family."""
-        return for_family(validate(values, SAMPLER_PARAMS, lcm=self.lcm), self.family)
+        """`values` checked against the shared table, with `auto` defaults resolved for this model's family, and the
+        loaded task (control_type), which the resize rules and the prompt follow."""
+        values = dict(values)
+        if values.pop("control_type", self.control_type) != self.control_type:  # settings this method returned
+            raise ParamError(f"control_type is chosen when the model loads; this one was loaded for "
+                             f"{self.control_type!r}.")
+        settings = for_family(validate(values, SAMPLER_PARAMS, lcm=self.lcm), self.family)
+        return {**settings, "control_type": self.control_type}
+
+    def source_image(self, image: Image.Image) -> Image.Image:
+        """The image the run starts from: the input as RGB, or its luminance when colorizing."""
+        image = as_rgb(image)
+        return colorize_input(image) if self.control_type == GRAYSCALE else image
+
+    def describe(self, image: Image.Image, settings: Mapping[str, Any] | None = None) -> RunPrompt:
+        """The prompt stage alone: the caption (or class) of `image` and the prompt pair it gives."""
+        settings = self.settings(settings or {})
+        return self.prompt_stage.describe(self.source_image(image), settings, self.family, self.control_type,
+                                          self.device)
 
     def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""
         return self._sampler.count_steps(width, height, self.settings(settings))
 
-    def upscale(self, image: Image.Image, settings: Mapping[str, Any] | None = None, *,
+    def upscale(self, image: Image.Image, settings: Mapping[str, Any] | None = None, *, prompt: RunPrompt | None = None,
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Image.Image:
-        """Super-resolve (or stylize) one image; `settings` are checked against the shared table."""
+        """Super-resolve, stylize or colorize one image; `settings` are checked against the shared table. `prompt`:
+        the prompt stage's result when the caller ran `describe` already (to show the caption)."""
         settings = self.settings(settings or {})
-        image = as_rgb(image)
+        image = self.source_image(image)
         check_planned_work(image.width, image.height, settings)
+        self.prompt_stage.needs(settings["high_level_info"])
+        if prompt is None:
+            prompt = self.prompt_stage.describe(image, settings, self.family, self.control_type, self.device)
         self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype, self.models.family.vae_tiles)
         while True:
             try:
-                return self._sampler.run(image, settings, on_step=on_step, should_stop=should_stop)
+                return self._sampler.run(image, settings, prompt, on_step=on_step, should_stop=should_stop)
             except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
                 if self.device.type == "cpu" or not memory.is_out_of_memory(error):
                     raise

@@ -23,25 +23,25 @@ from ..errors import Interrupted
 from ..model_family import SD15
 from .color import color_fix
 from .family import FAMILIES, TextConditioning
+from .prompt_stage import GRAYSCALE, RunPrompt
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
-from .work_limits import LATENT_FACTOR, denoising_calls, enlarged_size, latent_multiple
+from .work_limits import LATENT_FACTOR, colorize_size, denoising_calls, enlarged_size, latent_multiple
 
 # the SD1.5 family's VAE tile sizes (test_pasd.py's), the default of a SamplerModels
 OFFICIAL_VAE_TILES = FAMILIES[SD15].vae_tiles
 
 
-def control_image_for(image: Image.Image, scale: int, process_size: int) -> Image.Image:
+def control_image_for(image: Image.Image, scale: int, process_size: int, grayscale: bool = False) -> Image.Image:
     """The image the ControlNet sees and the VAE encodes (official resize rules: bicubic ×scale, bilinear
-    up to process_size as torchvision's Resize on a PIL image, bicubic down to multiples of 8)."""
-    image = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
-    if enlarged_size(*image.size, process_size) != image.size:
-        image = image.resize(enlarged_size(*image.size, process_size), Image.BILINEAR)
+    up to process_size as torchvision's Resize on a PIL image, bicubic down to multiples of 8). The grayscale
+    branch ignores the scale and always resizes, to process_size with the long side at most twice that."""
+    if grayscale:
+        image = image.resize(colorize_size(*image.size, process_size), Image.BILINEAR)
+    else:
+        image = image.resize((image.width * scale, image.height * scale), Image.BICUBIC)
+        if enlarged_size(*image.size, process_size) != image.size:
+            image = image.resize(enlarged_size(*image.size, process_size), Image.BILINEAR)
     return image.resize(latent_multiple(*image.size), Image.BICUBIC)
-
-
-def join_prompt(prompt: str, added_prompt: str) -> str:
-    """Official join: '' + added, or 'prompt, ' + added."""
-    return added_prompt if prompt == "" else f"{prompt}, {added_prompt}"
 
 
 @dataclass
@@ -174,12 +174,13 @@ class PASDSampler:
         """How many times `on_step` is called for one image of this size (sizes only, nothing allocated)."""
         return denoising_calls(width, height, settings)
 
-    def run(self, image: Image.Image, settings: dict, on_step: StepCallback | None = None,
+    def run(self, image: Image.Image, settings: dict, prompt: RunPrompt, on_step: StepCallback | None = None,
             should_stop: StopCheck | None = None) -> Image.Image:
-        control_image = control_image_for(image, settings["scale"], settings["process_size"])
+        """One image; in the grayscale branch `image` is already the luminance input (prompt_stage.colorize_input)."""
+        grayscale = settings["control_type"] == GRAYSCALE
+        control_image = control_image_for(image, settings["scale"], settings["process_size"], grayscale)
         guided = settings["guidance_scale"] > 1.0
-        text = self.m.family.encode_text(self.m, join_prompt(settings["prompt"], settings["added_prompt"]),
-                                         settings["negative_prompt"], guided, control_image.size)
+        text = self.m.family.encode_text(self.m, prompt.prompt, prompt.negative_prompt, guided, control_image.size)
         control = self._to_tensor(control_image)
         self.m.scheduler.set_timesteps(settings["steps"], device=self.m.device)
         generator = torch.Generator(device="cpu" if self.m.device.type == "mps" else self.m.device)
@@ -187,5 +188,9 @@ class PASDSampler:
         latents = self.initial_latents(control, generator, settings)
         latents = self.denoise(latents, control, text, settings, on_step, should_stop, generator)
         result = self.decode(latents)
+        if grayscale:  # no colour fix and no final resize: the result's chroma goes onto the input's luminance
+            from .colorize import merge_chroma
+
+            return Image.fromarray(merge_chroma(np.asarray(result), np.asarray(image)))
         result = color_fix(result, control_image, settings["color_fix"])
         return result.resize((image.width * settings["scale"], image.height * settings["scale"]), Image.BICUBIC)

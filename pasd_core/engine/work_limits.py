@@ -60,9 +60,22 @@ def latent_multiple(width: int, height: int) -> tuple[int, int]:
     return width // LATENT_FACTOR * LATENT_FACTOR, height // LATENT_FACTOR * LATENT_FACTOR
 
 
-def control_size(width: int, height: int, scale: int, process_size: int) -> tuple[int, int]:
+def colorize_size(width: int, height: int, process_size: int) -> tuple[int, int]:
+    """The grayscale branch's resize, torchvision's Resize(process_size, max_size=2 * process_size) on a PIL image:
+    the short side becomes process_size unless the long one would pass the cap, which then decides (truncated)."""
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = process_size, int(process_size * long / short)
+    if new_long > 2 * process_size:
+        new_short, new_long = int(2 * process_size * new_short / new_long), 2 * process_size
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def control_size(width: int, height: int, settings: Mapping[str, Any]) -> tuple[int, int]:
     """(width, height) of the image the ControlNet sees: sampler.control_image_for's resize rules, sizes only."""
-    return latent_multiple(*enlarged_size(width * scale, height * scale, process_size))
+    if settings.get("control_type") == "grayscale":
+        return latent_multiple(*colorize_size(width, height, settings["process_size"]))
+    scale = settings["scale"]
+    return latent_multiple(*enlarged_size(width * scale, height * scale, settings["process_size"]))
 
 
 def tiles_along(extent: int, tile_size: int, overlap: int) -> int:
@@ -76,7 +89,7 @@ def latent_tiling(width: int, height: int, settings: Mapping[str, Any]) -> tuple
     """(tile side in latents, number of tiles) the sampler uses for one image; side 0 means untiled."""
     from .tiling import needs_tiling
 
-    control_width, control_height = control_size(width, height, settings["scale"], settings["process_size"])
+    control_width, control_height = control_size(width, height, settings)
     rows, cols = control_height // LATENT_FACTOR, control_width // LATENT_FACTOR
     if not needs_tiling(rows, cols, settings["latent_tile_size"]):
         return 0, 1
@@ -98,7 +111,7 @@ def check_planned_work(width: int, height: int, settings: Mapping[str, Any]) -> 
     """Refuse a run whose control image or number of denoising calls is over the caps (validated settings)."""
     scale, process_size = settings["scale"], settings["process_size"]
     what = f"a {width}×{height} input at scale {scale}"
-    control_width, control_height = control_size(width, height, scale, process_size)
+    control_width, control_height = control_size(width, height, settings)
     pixels = control_width * control_height
     if pixels > MAX_CONTROL_PIXELS:
         raise InputImageError(

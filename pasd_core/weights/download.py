@@ -137,12 +137,22 @@ def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Pat
     return found
 
 
+# The colour checkpoint samples with its own zero-terminal-SNR scheduler, which the official grayscale branch reads
+# from scheduler/ beside the checkpoint folder (runs/pasd_color/scheduler in the official README).
+COLOR_VARIANT = "pasd_light_color"
+COLOR_SCHEDULER = HubFiles("yangtao9009/PASD", COLOR_VARIANT, ("scheduler/scheduler_config.json",),
+                           "the colour checkpoint's scheduler")
+
+
 def ensure_pasd_checkpoint(variant: str, models_dir: str | Path) -> Path:
     """The folder (unet/, controlnet/; PASD-SDXL also scheduler/) of a PASD checkpoint in `models_dir`
-    (ComfyUI's models/pasd), downloaded if absent."""
+    (ComfyUI's models/pasd), downloaded if absent; the colour checkpoint comes with its sibling scheduler/."""
     if variant not in PASD_VARIANTS:
         raise ModelError(f"unknown PASD variant {variant!r}: use one of {', '.join(PASD_VARIANTS)}.")
-    return ensure_files(PASD_VARIANTS[variant], models_dir)
+    folder = ensure_files(PASD_VARIANTS[variant], models_dir)
+    if variant == COLOR_VARIANT:
+        ensure_files(COLOR_SCHEDULER, models_dir)
+    return folder
 
 
 def ensure_base(models_dir: str | Path, family: str = SD15) -> Path:
@@ -168,3 +178,41 @@ def ensure_lcm_lora(models_dir: str | Path) -> Path:
     """The LCM-LoRA file in `models_dir` (ComfyUI's models/loras), under lcm-lora-sdv1-5/, downloaded if absent."""
     folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_id.split("/")[1])
     return folder / LCM_LORA.files[0]
+
+
+# --- the prompt stage's models (high_level_info), into ComfyUI's models/pasd_prompt ---------------------------
+PROMPT_FOLDER = "pasd_prompt"
+CAPTIONER_NAME, CLASSIFIER_NAME = "coca_ViT-L-14", "resnet50"
+# open_clip's coca_ViT-L-14 / mscoco_finetuned_laion2B-s13B-b90k, the captioner test_pasd*.py load by name; the repo
+# holds the weights only, so the download writes open_clip's own config for that model beside them.
+CAPTIONER = HubFiles("laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k", "", ("open_clip_pytorch_model.bin",),
+                     "the CoCa captioner (coca_ViT-L-14, mscoco_finetuned_laion2B-s13B-b90k)")
+# torchvision's ResNet-50 IMAGENET1K_V2 weights (ResNet50_Weights.DEFAULT, what the official classification uses), as
+# timm republishes them in safetensors with torchvision's key names; the categories come from torchvision itself.
+CLASSIFIER = HubFiles("timm/resnet50.tv2_in1k", "", ("model.safetensors",),
+                      "the ResNet-50 classifier (torchvision IMAGENET1K_V2)")
+
+
+def default_prompt_model(models_dir: str | Path, name: str) -> Path:
+    """Where the download puts a prompt-stage model: <models>/pasd_prompt/<name>."""
+    return Path(models_dir) / PROMPT_FOLDER / name
+
+
+def ensure_captioner(models_dir: str | Path) -> Path:
+    """The CoCa captioner folder (open_clip_config.json + weights) under `models_dir`, downloaded if absent."""
+    from .prompt_folders import CAPTIONER_CONFIG, write_captioner_config
+
+    folder = ensure_files(CAPTIONER, default_prompt_model(models_dir, CAPTIONER_NAME))
+    if not (folder / CAPTIONER_CONFIG).is_file():
+        write_captioner_config(folder)
+    return folder
+
+
+def ensure_classifier(models_dir: str | Path) -> Path:
+    """The ResNet-50 classifier folder (model.safetensors + categories.txt) under `models_dir`, downloaded if absent."""
+    from .prompt_folders import CATEGORIES_FILE, write_imagenet_categories
+
+    folder = ensure_files(CLASSIFIER, default_prompt_model(models_dir, CLASSIFIER_NAME))
+    if not (folder / CATEGORIES_FILE).is_file():
+        write_imagenet_categories(folder)
+    return folder

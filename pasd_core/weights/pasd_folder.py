@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelError
-from ..model_family import family_of
+from ..errors import ModelError, ModelMismatchError
+from ..model_family import SD15, family_of
 from .reader import check_path, read_config, read_weights
 
 if TYPE_CHECKING:
@@ -103,3 +103,31 @@ def _check_folder(folder: Path) -> None:
         found = sorted(p.name for p in folder.iterdir())  # the user's chosen folder, named to show what it is
         raise ModelError(f"{folder} is not a PASD checkpoint: expected unet/ and controlnet/ folders, each with "
                          f"config.json and {WEIGHT_NAMES[0]}; found {_few(found) or 'an empty folder'}.")
+
+
+def colorize_scheduler_folder(checkpoint: str | Path) -> Path:
+    """Where the official grayscale branch reads its scheduler: scheduler/ beside the checkpoint folder
+    (runs/pasd_color/checkpoint-180000 -> runs/pasd_color/scheduler)."""
+    return Path(checkpoint).resolve().parent / "scheduler"
+
+
+def colorize_scheduler_config(checkpoint: str | Path) -> dict[str, Any]:
+    return read_config(colorize_scheduler_folder(checkpoint) / "scheduler_config.json")
+
+
+def check_control_type(checkpoint: str | Path, control_type: str) -> None:
+    """Refuse, from configs alone, colorization on a checkpoint that cannot do it: PASD-SDXL has no grayscale
+    model, and the colour checkpoint's zero-terminal-SNR scheduler must sit beside it."""
+    if control_type != "grayscale":
+        return
+    if checkpoint_family(checkpoint) != SD15:
+        raise ModelMismatchError(f"control_type='grayscale' (colorization) is a PASD-SD1.5 task, and {checkpoint} is a "
+                                 "PASD-SDXL checkpoint: pick the colour checkpoint (pasd_light_color/checkpoint-<step>)"
+                                 " or set control_type to 'realisr'.")
+    config = colorize_scheduler_folder(checkpoint) / "scheduler_config.json"
+    if not config.is_file():
+        raise ModelMismatchError(
+            f"control_type='grayscale' needs the colour checkpoint's own scheduler, and {config} does not exist: "
+            "the official colorization samples with the zero-terminal-SNR scheduler published beside the checkpoint "
+            "(pasd_light_color/scheduler/ next to pasd_light_color/checkpoint-<step>/; get both with: python -m "
+            "pasd_core download --variant pasd_light_color), or set control_type to 'realisr' for this checkpoint.")

@@ -1,0 +1,137 @@
+"""The official prompt stage (`high_level_info`): what leads the prompt before PASD samples.
+
+test_pasd.py and test_pasd_sdxl.py describe every input first (CoCa caption by default, or its ImageNet class),
+then build the prompt from that, the user's prompt and the added prompt; colorization rewrites the result. The
+joins are the official ones, odd spacing included (tests/fixtures/pasd_caption_official_tiny/README.md):
+- caption: the cleaned caption (open_clip's decode leaves a trailing space), then " " and the user's prompt;
+- classification: "category, " (or "prompt, category, ") only when the top class scores at least 0.1: below
+  that the user's prompt is dropped too;
+- none: "prompt, " (or nothing), which is the engine's behaviour before the prompt stage existed;
+then the added prompt is appended with no separator (realisr), or "black and white" becomes "color" and the
+negative prompt is fixed (grayscale).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..model_family import SD15, SDXL
+from ..params import ParamError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..weights.captioners import Captioner, Classifier
+
+logger = logging.getLogger(__name__)
+
+CAPTION, CLASSIFICATION, NONE = "caption", "classification", "none"
+REALISR, GRAYSCALE = "realisr", "grayscale"
+# official threshold: a class is named only when its softmax score reaches it
+CLASS_THRESHOLD = 0.1
+# Words test_pasd.py cleans out of a CoCa caption; test_pasd_sdxl.py also turns "painting" into "photo".
+CAPTION_REPLACEMENTS = {
+    SD15: (("blurry", "clear"), ("noisy", "clean")),
+    SDXL: (("blurry", "clear"), ("noisy", "clean"), ("painting", "photo")),
+}
+# The grayscale branch's fixed negative prompt and its one rewrite of the prompt.
+COLORIZE_NEGATIVE_PROMPT = "b&w, color bleeding"
+COLORIZE_REWRITE = ("black and white", "color")
+
+
+@dataclass(frozen=True)
+class RunPrompt:
+    """The text one image is sampled with, and what the prompt stage contributed to it."""
+
+    prompt: str
+    negative_prompt: str
+    description: str  # the cleaned caption, the class name, or "" (none, or a class below the threshold)
+
+
+def clean_caption(caption: str, family: str) -> str:
+    for word, replacement in CAPTION_REPLACEMENTS[family]:
+        caption = caption.replace(word, replacement)
+    return caption
+
+
+def leading_text(high_level_info: str, prompt: str, description: str = "", score: float | None = None) -> str:
+    """get_validation_prompt's result: the description joined with the user's prompt by the official rules."""
+    if high_level_info == CAPTION:
+        return description if prompt == "" else f"{description} {prompt}"
+    if high_level_info == CLASSIFICATION:
+        if score is None or score < CLASS_THRESHOLD:
+            return ""
+        return f"{description}, " if prompt == "" else f"{prompt}, {description}, "
+    return "" if prompt == "" else f"{prompt}, "
+
+
+def run_prompt(settings: dict[str, Any], control_type: str, description: str = "",
+               score: float | None = None) -> RunPrompt:
+    """The prompt pair of one image from its description (already cleaned) and the resolved settings."""
+    text = leading_text(settings["high_level_info"], settings["prompt"], description, score)
+    shown = description if settings["high_level_info"] == CAPTION or text else ""
+    if control_type == GRAYSCALE:  # the colorization branch ignores added_prompt and negative_prompt
+        return RunPrompt(text.replace(*COLORIZE_REWRITE), COLORIZE_NEGATIVE_PROMPT, shown)
+    return RunPrompt(text + settings["added_prompt"], settings["negative_prompt"], shown)
+
+
+def colorize_input(image: Image.Image) -> Image.Image:
+    """The grayscale branch's input: luminance (PIL's ITU-R 601 "L"), as RGB; it is also what gets described."""
+    return image.convert("L").convert("RGB")
+
+
+class PromptStage:
+    """The captioner and the classifier of a loaded model, kept on the CPU and moved to the run's device only for
+    their pass (ComfyUI is asked to make room first, as for any model)."""
+
+    def __init__(self, captioner: Captioner | None = None, classifier: Classifier | None = None,
+                 make_room: Callable[[int, str], None] | None = None) -> None:
+        self.captioner = captioner
+        self.classifier = classifier
+        self.make_room = make_room
+
+    def needs(self, high_level_info: str) -> None:
+        """Refuse, before any work, a setting whose model was not loaded."""
+        if high_level_info == CAPTION and self.captioner is None:
+            raise ParamError(
+                "high_level_info='caption' (the default, as the official PASD) needs the CoCa captioner, and none "
+                "was loaded: give --caption-model / caption_model (get it with: python -m pasd_core download "
+                "--captioner), or set high_level_info to 'none' to sample from your prompt alone.")
+        if high_level_info == CLASSIFICATION and self.classifier is None:
+            raise ParamError(
+                "high_level_info='classification' needs the ResNet-50 classifier, and none was loaded: give "
+                "--classifier-model / classifier_model (get it with: python -m pasd_core download --classifier), "
+                "or set high_level_info to 'caption' or 'none'.")
+
+    def describe(self, image: Image.Image, settings: dict[str, Any], family: str, control_type: str,
+                 device: torch.device) -> RunPrompt:
+        """The prompt pair for `image` as opened (RGB, before any resize; in grayscale mode its luminance)."""
+        mode = settings["high_level_info"]
+        self.needs(mode)
+        if mode == CAPTION:
+            caption = clean_caption(self._on(self.captioner, device, lambda m: m.caption(image)), family)
+            result = run_prompt(settings, control_type, caption)
+        elif mode == CLASSIFICATION:
+            category, score = self._on(self.classifier, device, lambda m: m.classify(image))
+            logger.info("PASD: classified as %r (score %.3f; named from %.1f)", category, score, CLASS_THRESHOLD)
+            result = run_prompt(settings, control_type, category, score)
+        else:
+            result = run_prompt(settings, control_type)
+        logger.info("PASD: prompt %r", result.prompt)
+        return result
+
+    def _on(self, model: Any, device: torch.device, work: Callable[[Any], Any]) -> Any:
+        """Run `work(model)` with the model on `device`, then give the memory back."""
+        if device.type == "cpu":
+            return work(model)
+        if self.make_room is not None:
+            self.make_room(model.weight_bytes(), str(device))
+        model.to(device)
+        try:
+            return work(model)
+        finally:
+            model.to("cpu")
