@@ -3,6 +3,7 @@
 from . import host
 from .local import PASDColorFix, PASDModelLoader, PASDUpscale
 from .native import PASDAdapterLoader, PASDApply
+from .prompt import PASDPrompt
 from .remote import PASDUpscaleFal
 
 host.register_model_folder()
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "PASDColorFix": PASDColorFix,
     "PASDAdapterLoader": PASDAdapterLoader,
     "PASDApply": PASDApply,
+    "PASDPrompt": PASDPrompt,
 }
 
 # ComfyUI 0.3.64's node search matches only the class and display names (its front end ignores SEARCH_ALIASES),
@@ -25,4 +27,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "PASDColorFix": "PASD Color Fix",
     "PASDAdapterLoader": "PASD Adapter Loader",
     "PASDApply": "PASD Apply (super-resolution, restore)",
+    "PASDPrompt": "PASD Prompt (caption, official prompt)",
 }

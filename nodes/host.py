@@ -19,10 +19,12 @@ from types import ModuleType
 
 from ..pasd_core.errors import Interrupted, ModelError, ModelNotFoundError
 from ..pasd_core.params import ParamError
+from ..pasd_core.weights.download import PROMPT_FOLDER  # models/pasd_prompt: captioner and classifier folders
 
 log = logging.getLogger("ComfyUI-PASD")
 
 PASD_FOLDER = "pasd"  # models/pasd: PASD checkpoint folders (each with unet/ and controlnet/)
+OWN_FOLDERS = (PASD_FOLDER, PROMPT_FOLDER)  # the models folders this pack adds to ComfyUI's
 # The file types ComfyUI itself lists in its model folders (folder_paths.supported_pt_extensions).
 MODEL_FILE_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 
@@ -52,10 +54,12 @@ def comfy_module(module: str, needed_by: str) -> ModuleType:
 # --- models folders ---------------------------------------------------------------------------
 
 def register_model_folder() -> None:
-    """Make `models/pasd` a ComfyUI model folder, after any paths extra_model_paths.yaml gave it."""
+    """Make `models/pasd` and `models/pasd_prompt` ComfyUI model folders, after any paths extra_model_paths.yaml
+    gave them."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
-        folder_paths.add_model_folder_path(PASD_FOLDER, os.path.join(folder_paths.models_dir, PASD_FOLDER))
+        for kind in OWN_FOLDERS:
+            folder_paths.add_model_folder_path(kind, os.path.join(folder_paths.models_dir, kind))
 
 
 def models_root() -> str:
@@ -70,7 +74,7 @@ def model_folders(kind: str) -> list[str]:
     folder_paths = _comfy("folder_paths")
     if folder_paths is None:
         return [os.path.join(os.environ.get("PASD_MODELS_DIR", "models"), kind)]
-    if kind == PASD_FOLDER:
+    if kind in OWN_FOLDERS:
         register_model_folder()
     return folder_paths.get_folder_paths(kind)
 
@@ -134,6 +138,7 @@ def model_path(kind: str, name: str, *, folder: bool = False, input_name: str | 
 
 # What a models folder of each kind holds, for the message when a name is the wrong kind of thing.
 _WHAT_IT_TAKES = {PASD_FOLDER: " (a PASD checkpoint holding unet/ and controlnet/)",
+                  PROMPT_FOLDER: " (a captioner or classifier folder)",
                   "diffusers": " (a diffusers model with model_index.json)",
                   "checkpoints": " (a .safetensors checkpoint)", "loras": " (a LoRA .safetensors)"}
 # Windows lists names with backslashes; elsewhere a backslash is refused (it is no separator there).

@@ -40,9 +40,16 @@ def from_param(param: Param) -> Input:
         options["min"] = AUTO[int]
     if param.multiline:
         options["multiline"] = True
+        options["placeholder"] = placeholder(param)
     if param.name in SEED_NAMES:
         options["control_after_generate"] = True
     return Input(param.name, WIDGET_TYPES[param.kind], options)
+
+
+def placeholder(param: Param) -> str:
+    """What an empty text box shows: the parameter's name and the first sentence of its tooltip."""
+    first = param.tooltip.split(". ")[0].rstrip(".")
+    return f"{param.name}: {first}" + (f" ({AUTO[param.kind]!r}: the model's own default)" if param.auto else "")
 
 
 def combo(name: str, choices: Sequence[str], tooltip: str, *, placeholder: str | None = None,

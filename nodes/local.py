@@ -38,6 +38,40 @@ def vae_path(choice: str) -> str | None:
     return host.model_path("vae", choice, folder=is_folder, input_name="vae")
 
 
+def prompt_model_inputs(optional: bool = True) -> list[Input]:
+    """The prompt stage's model dropdowns (models/pasd_prompt), shared by the loader and PASD Prompt."""
+    return [
+        combo("caption_model", choices.captioner_choices(),
+              "CoCa captioner folder from models/pasd_prompt, for high_level_info caption (the official default: the "
+              "caption leads the prompt). None yet? python -m pasd_core download --captioner --models-dir "
+              "<ComfyUI>/models, then press R; none loads no captioner.", optional=optional),
+        combo("classifier_model", choices.classifier_choices(),
+              "ResNet-50 classifier folder from models/pasd_prompt, for high_level_info classification (python -m "
+              "pasd_core download --classifier); none loads no classifier.", optional=optional),
+    ]
+
+
+def missing_prompt_models(caption_model: str, classifier_model: str) -> list[str | None]:
+    return [None if caption_model in choices.captioner_choices() and caption_model != choices.NO_CAPTIONER else
+            choices.missing_prompt_model("caption_model", caption_model),
+            None if classifier_model in choices.classifier_choices() else
+            choices.missing_prompt_model("classifier_model", classifier_model)]
+
+
+def control_type_problem(pasd_model: str, control_type: str) -> str | None:
+    """Why `pasd_model` cannot run `control_type` (read from its configs, nothing loaded), or None."""
+    from ..pasd_core.errors import PASDError
+    from ..pasd_core.weights.pasd_folder import check_control_type
+
+    try:
+        table.BY_NAME["control_type"].check(control_type)  # ComfyUI skips its list check for this input
+        check_control_type(host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
+                           control_type)
+    except PASDError as error:
+        return str(error)
+    return None
+
+
 class PASDModelLoader(DeclaredNode):
     """Load a PASD checkpoint (PASD-SD1.5 or PASD-SDXL) from models/pasd on a base of the same family, optionally with
     a personalized model, a LoRA and a replacement VAE of that family, for PASD Upscale (the exact PASD engine)."""
@@ -76,13 +110,18 @@ class PASDModelLoader(DeclaredNode):
                   "Optional replacement VAE of the PASD model's family from models/vae (a diffusers folder or a "
                   ".safetensors file), e.g. the fp16-fix SDXL VAE the official SDXL script uses in fp16; none keeps "
                   "the base's VAE.", optional=True),
+            # optional and after vae, so workflows saved before them keep their widget positions
+            replace(from_param(table.BY_NAME["control_type"]), optional=True),
+            *prompt_model_inputs(),
         )
 
     @classmethod
     def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
-                        lcm_lora: str = NONE, vae: str = NONE) -> bool | str:
+                        lcm_lora: str = NONE, vae: str = NONE, control_type: str = "realisr",
+                        caption_model: str = NONE, classifier_model: str = NONE) -> bool:
         """Before the run (ComfyUI calls this instead of its own list check for these inputs): a model that is not
-        on disk is named with its folder, where to get it and the download command."""
+        on disk is named with its folder, where to get it and the download command, each once (choices.refuse);
+        colorization on a checkpoint that cannot do it is refused from its configs."""
         pasd_missing = pasd_model not in choices.pasd_model_choices()
         problems = [
             choices.missing_pasd_model(pasd_model) if pasd_missing else None,
@@ -93,11 +132,13 @@ class PASDModelLoader(DeclaredNode):
             None if lcm_lora in choices.optional_choices("loras") else
             choices.missing_file("lcm_lora", "loras", lcm_lora),
             None if vae in choices.vae_choices() else choices.missing_file("vae", "vae", vae),
+            *missing_prompt_models(caption_model, classifier_model),
+            None if pasd_missing else control_type_problem(pasd_model, control_type),
         ]
-        return " ".join(p for p in problems if p) or True
+        return choices.refuse(problems)
 
     def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE, vae: str = NONE,
-             **params: Any) -> tuple[Any]:
+             caption_model: str = NONE, classifier_model: str = NONE, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
@@ -110,6 +151,9 @@ class PASDModelLoader(DeclaredNode):
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
             lora=paths[3], lora_strength=settings["lora_strength"], vae=paths[4],
             lcm_lora=optional_path("loras", lcm_lora, "lcm_lora"), device=device, dtype=dtype,
+            control_type=settings["control_type"],
+            caption_model=choices.prompt_model_path(caption_model, "caption_model"),
+            classifier_model=choices.prompt_model_path(classifier_model, "classifier_model"),
             make_room=host.free_memory,
         )
         return (pipeline,)
@@ -119,7 +163,11 @@ class PASDUpscale(DeclaredNode):
     """Super-resolve (restore and upscale 1-4x) or, with a personalized model, stylize an image batch with a loaded
     PASD model, as the official PASD code does."""
 
-    RETURN_TYPES = ("IMAGE",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "caption")
+    OUTPUT_TOOLTIPS = ("The super-resolved (stylized, colorized) images.",
+                       "What the prompt stage described (high_level_info): the cleaned caption or class name of each "
+                       "image, one line per image; empty lines for none.")
     FUNCTION = "upscale"
 
     @classmethod
@@ -136,7 +184,12 @@ class PASDUpscale(DeclaredNode):
         settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS, lcm=pipeline.lcm), pipeline.family)
         image = images.checked(image)
         check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
+        pipeline.prompt_stage.needs(settings["high_level_info"])  # a captioner/classifier the loader did not load
         inputs = images.to_pil(image)
+        each = [{**settings, "seed": (settings["seed"] + i) % SEED_SPACE} for i in range(len(inputs))]
+        # the prompt stage first: its model visits the device alone, before PASD's weights move there
+        prompts = [pipeline.describe(picture, picture_settings) for picture, picture_settings in zip(inputs, each,
+                                                                                                      strict=True)]
         host.free_memory(pipeline.memory_required(), str(pipeline.device))
         pipeline.to(pipeline.device)
         total = len(inputs) * pipeline.count_steps(*inputs[0].size, settings)
@@ -144,15 +197,13 @@ class PASDUpscale(DeclaredNode):
                       *inputs[0].size, settings["scale"], total)
         try:
             with host.cancellable() as should_stop, host.progress(total) as tick:
-                outputs = [
-                    pipeline.upscale(picture, {**settings, "seed": (settings["seed"] + i) % SEED_SPACE},
-                                     on_step=tick, should_stop=should_stop)
-                    for i, picture in enumerate(inputs)
-                ]
+                outputs = [pipeline.upscale(picture, picture_settings, prompt=prompt, on_step=tick,
+                                            should_stop=should_stop)
+                           for picture, picture_settings, prompt in zip(inputs, each, prompts, strict=True)]
         finally:
             if not host.keeps_models_on_device():
                 pipeline.offload()
-        return (images.to_batch(outputs),)
+        return images.to_batch(outputs), "\n".join(prompt.description for prompt in prompts)
 
 
 class PASDColorFix(DeclaredNode):

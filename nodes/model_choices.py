@@ -9,8 +9,11 @@ names to the models folders stays the only way to a file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from ..pasd_core.errors import ModelNotFoundError
+from ..pasd_core.weights.prompt_folders import CAPTIONER_MARKERS, CLASSIFIER_MARKERS
 from . import host
 
 NONE = "none"
@@ -20,6 +23,7 @@ VAE_FOLDER_MARKERS = ("config.json",)  # a diffusers VAE folder (the download's 
 # What an empty dropdown shows instead of `undefined`; queueing it gets the full explanation.
 NO_PASD_MODEL = "(no PASD model in models/pasd: queue for how to get one)"
 NO_BASE_MODEL = "(no SD1.5/SDXL base in models/diffusers or models/checkpoints: queue for how to get one)"
+NO_CAPTIONER = "(no captioner in models/pasd_prompt: queue for how to get one)"
 PACK_DIR = Path(__file__).resolve().parent.parent  # where `python -m pasd_core` runs
 HUB = {"sd15": "https://huggingface.co/yangtao9009/PASD", "sdxl": "https://huggingface.co/yangtao9009/PASD-SDXL"}
 BASE_HUB = {"sd15": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -44,6 +48,22 @@ def vae_choices() -> list[str]:
     return [NONE, *folders, *files]
 
 
+def captioner_choices() -> list[str]:
+    """CoCa folders of models/pasd_prompt (open_clip_config.json), then none; the placeholder first when none is
+    on disk, so a new node's default says what is missing (the official scripts caption by default)."""
+    return [*(host.model_dirs(host.PROMPT_FOLDER, CAPTIONER_MARKERS) or [NO_CAPTIONER]), NONE]
+
+
+def classifier_choices() -> list[str]:
+    """none, then the ResNet-50 folders of models/pasd_prompt (model.safetensors + categories.txt)."""
+    return [NONE, *host.model_dirs(host.PROMPT_FOLDER, CLASSIFIER_MARKERS)]
+
+
+def prompt_model_path(choice: str, input_name: str) -> str | None:
+    """The folder of a caption_model / classifier_model choice, or None for none."""
+    return None if choice == NONE else host.model_path(host.PROMPT_FOLDER, choice, folder=True, input_name=input_name)
+
+
 def optional_choices(kind: str) -> list[str]:
     """none, then the model files of models/`kind` (checkpoints for style models, loras)."""
     return [NONE, *host.model_files(kind)]
@@ -56,9 +76,9 @@ def family_hint(name: str) -> str:
     return "sdxl" if "xl" in name.lower() else "sd15"
 
 
-def download_command(family: str, variant: str | None = None) -> str:
+def download_command(family: str, variant: str | None = None, extra: str = "") -> str:
     named = variant not in (None, "pasd") and family == "sd15"  # pasd is the sd15 default
-    flags = f"--family {family}" + (f" --variant {variant}" if named else "")
+    flags = f"--family {family}" + (f" --variant {variant}" if named else "") + (f" {extra}" if extra else "")
     return (f"cd {_quoted(str(PACK_DIR))} && python -m pasd_core download {flags} "
             f"--models-dir {_quoted(host.models_root())}")
 
@@ -102,3 +122,35 @@ def missing_file(input_name: str, kind: str, name: str) -> str:
                   f"{download_command('sdxl')})")
     return (f"{input_name} {name!r} is not in {_where(kind)}: put that file there{source} and press R in ComfyUI "
             f"to refresh the lists, or pick {NONE} to run without it.")
+
+
+def missing_prompt_model(input_name: str, name: str) -> str:
+    """caption_model / classifier_model `name` is not on disk: its folder, its link and the download command."""
+    from ..pasd_core.weights.download import CAPTIONER, CAPTIONER_NAME, CLASSIFIER, CLASSIFIER_NAME
+
+    caption = input_name == "caption_model"
+    source, default, flag, markers = ((CAPTIONER, CAPTIONER_NAME, "--captioner", CAPTIONER_MARKERS) if caption else
+                                      (CLASSIFIER, CLASSIFIER_NAME, "--classifier", CLASSIFIER_MARKERS))
+    mode = "caption" if caption else "classification"
+    return (f"{input_name} {name!r} is not in {_where(host.PROMPT_FOLDER)}, where {source.what} goes as a folder "
+            f"({default}/ with {' and '.join(markers)}). Get it from https://huggingface.co/{source.repo_id}, or run: "
+            f"{download_command('sd15', extra=flag)} (it also checks the PASD-SD1.5 weights); then press R in "
+            f"ComfyUI. Or pick {NONE} here and set high_level_info to something else than {mode}.")
+
+
+class ModelsMissing(ModelNotFoundError):
+    """Models a queued node names are not on disk; one sentence per missing model."""
+
+
+def refuse(problems: Iterable[str | None]) -> bool:
+    """True when no problem was found, else ModelsMissing with each problem once.
+
+    Raised rather than returned: ComfyUI (0.3.64 and 0.38 alike, execution.py validate_inputs) repeats a string
+    VALIDATE_INPUTS returns once per argument it takes ("<input> - <message>" for every one), but reports an exception
+    raised there once ("Exception when validating (inner) node: <message>"). A VALIDATE_INPUTS of one argument
+    returns its string as usual.
+    """
+    found = [p for p in problems if p]
+    if found:
+        raise ModelsMissing(" ".join(found))
+    return True

@@ -21,18 +21,26 @@ FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
 CHECKPOINTS = FIXTURES / "checkpoints"
 SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
 SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
+CAPTION_FIXTURES = REPO / "tests" / "fixtures" / "pasd_caption_official_tiny"
+# pasd_prompt/coca_tiny and pasd_color/{checkpoint-180000,scheduler}
+CAPTION_CHECKPOINTS = CAPTION_FIXTURES / "checkpoints"
+TINY_COCA = CAPTION_CHECKPOINTS / "pasd_prompt" / "coca_tiny"
 WORKFLOWS = REPO / "example_workflows"  # ComfyUI lists a custom node's example_workflows/*.json as templates
 API_WORKFLOWS = WORKFLOWS / "api"  # a subfolder: served, but not listed as templates
 # The exact-engine templates, by the short names the tests use. A file name is the title ComfyUI's template browser
-# shows (and <name>.jpg its thumbnail, made by tests/make_thumbnails.py).
+# shows (and <name>.jpg its thumbnail, made by tools/make_thumbnails.py).
 SHIPPED = {
-    "pasd_upscale_x2": "PASD SD1.5 upscale x2 (exact engine)",
+    "pasd_upscale_x2": "PASD (start here) SD1.5 upscale x2 (exact engine)",
     "pasd_sdxl_upscale_x2": "PASD SDXL upscale x2 (exact engine)",
     "pasd_batch": "PASD SD1.5 batch upscale (exact engine)",
     "pasd_upscale_then_stylize": "PASD SD1.5 upscale then ToonYou stylization (exact engine)",
     "pasd_upscale_fal": "PASD on fal.ai (hosted, no GPU)",
     "pasd_sdxl_fal_vs_local": "PASD SDXL on fal.ai vs local (exact engine)",
+    "pasd_colorize": "PASD SD1.5 colorize (exact engine)",
 }
+# The simplest starter sorts first: ComfyUI 0.38 lists a pack's templates by sorted file name (0.3.64 in the order
+# its glob finds them, which the file system decides); "(" sorts before every letter.
+STARTER = SHIPPED["pasd_upscale_x2"]
 NATIVE_MARK = "(native)"  # the native templates' file names end so (tests/test_workflows.py checks them)
 PACK_NAME = "ComfyUI-PASD"  # ComfyUI imports a custom node folder under its folder name
 
@@ -83,14 +91,21 @@ def pack_module(name: str) -> Any:
     return importlib.import_module(f"{PACK_NAME}.{name}")
 
 
-def make_models_dir(root: Path, *, sdxl: bool = False) -> Path:
+def make_models_dir(root: Path, *, sdxl: bool = False, captioner: bool = False, color: bool = False) -> Path:
     """A ComfyUI models folder whose pasd/ and diffusers/ point at the tiny official-layout checkpoints.
 
     With `sdxl`, also the tiny PASD-SDXL models where the download puts them: models/pasd/pasd_sdxl/checkpoint-200000
-    and models/diffusers/stable-diffusion-xl-base-1.0.
+    and models/diffusers/stable-diffusion-xl-base-1.0. With `captioner`, the tiny CoCa as
+    models/pasd_prompt/coca_tiny; with `color`, the tiny colour checkpoint and its scheduler/ as
+    models/pasd/pasd_light_color/ (where the download puts the real one).
     """
-    for name in ("pasd", "diffusers", "checkpoints", "loras", "vae"):
+    for name in ("pasd", "diffusers", "checkpoints", "loras", "vae", "pasd_prompt"):
         (root / name).mkdir(parents=True, exist_ok=True)
+    if captioner:
+        (root / "pasd_prompt" / "coca_tiny").symlink_to(CAPTION_CHECKPOINTS / "pasd_prompt" / "coca_tiny",
+                                                        target_is_directory=True)
+    if color:
+        (root / "pasd" / "pasd_light_color").symlink_to(CAPTION_CHECKPOINTS / "pasd_color", target_is_directory=True)
     for variant in ("pasd", "pasd_light"):
         (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
     (root / "diffusers" / "stable-diffusion-v1-5").symlink_to(CHECKPOINTS / "stable-diffusion-v1-5",
@@ -197,12 +212,36 @@ class FakeComfyUI:
         return module
 
 
-class FakePipeline:
-    """Stands in for PASDPipeline: records settings, makes `steps` progress calls, honours should_stop."""
+class FakePromptStage:
+    """Stands in for PromptStage: `loaded` says which high_level_info modes have their model; the refusal is the
+    real one's."""
 
-    def __init__(self, steps: int = 3, sizes: list[tuple[int, int]] | None = None) -> None:
+    def __init__(self, loaded: tuple[str, ...] = ("caption", "classification", "none")) -> None:
+        self.loaded = loaded
+
+    def needs(self, high_level_info: str) -> None:
+        if high_level_info not in self.loaded:
+            pack_module("pasd_core.engine.prompt_stage").PromptStage().needs(high_level_info)
+
+    def describe(self, image: Any, settings: dict, family: str, control_type: str, device: Any) -> Any:
+        prompt_stage = pack_module("pasd_core.engine.prompt_stage")
+        description = f"a fake caption of a {image.width}x{image.height} picture"
+        mode = settings["high_level_info"]
+        return prompt_stage.run_prompt(settings, control_type, description if mode != "none" else "",
+                                       1.0 if mode == "classification" else None)
+
+
+class FakePipeline:
+    """Stands in for PASDPipeline: records settings, makes `steps` progress calls, honours should_stop; its prompt
+    stage describes each picture by its size (`loaded`: the high_level_info modes whose model it has)."""
+
+    def __init__(self, steps: int = 3, sizes: list[tuple[int, int]] | None = None,
+                 loaded: tuple[str, ...] = ("caption", "classification", "none")) -> None:
         import torch
 
+        self.prompt_stage = FakePromptStage(loaded)
+        self.prompts: list[Any] = []  # the prompt each upscale call was given
+        self.described: list[dict] = []  # the settings of each describe call
         self.device = torch.device("cpu")
         self.family = "sd15"  # a PASD-SD1.5 model: `auto` settings resolve to test_pasd.py's defaults
         self.lcm = False  # no LCM-LoRA: the normal steps and guidance ranges
@@ -224,7 +263,12 @@ class FakePipeline:
     def count_steps(self, width: int, height: int, settings: dict) -> int:
         return self.steps
 
-    def upscale(self, image, settings, *, on_step=None, should_stop=None):
+    def describe(self, image, settings):
+        self.described.append(dict(settings))
+        return self.prompt_stage.describe(image, dict(settings), self.family, "realisr", self.device)
+
+    def upscale(self, image, settings, *, prompt=None, on_step=None, should_stop=None):
+        self.prompts.append(prompt)
         self.settings.append(dict(settings))
         for _ in range(self.steps):
             if should_stop is not None and should_stop():

@@ -178,7 +178,8 @@ job = json.loads(sys.argv[2])
 pictures = [Image.open(p).convert("RGB") for p in job["inputs"]]
 for stage in job["stages"]:
     pipe = PASDPipeline.from_pretrained(stage["base"], stage["pasd"], style_model=stage.get("style_model"),
-                                        device="cpu", dtype="fp32")
+                                        caption_model=stage.get("caption_model"),
+                                        control_type=stage.get("control_type", "realisr"), device="cpu", dtype="fp32")
     pictures = [pipe.upscale(p, {**stage["settings"], "seed": stage["settings"]["seed"] + i})
                 for i, p in enumerate(pictures)]
 for picture, path in zip(pictures, job["outputs"]):
@@ -187,7 +188,8 @@ for picture, path in zip(pictures, job["outputs"]):
 
 
 def run_engine_directly(python: str, repo: Path, job: dict[str, Any]) -> None:
-    """Run `job` ({"inputs", "stages": [{"base", "pasd", "style_model", "settings"}], "outputs"}) on PASDPipeline."""
+    """Run `job` ({"inputs", "stages": [{"base", "pasd", "style_model", "caption_model", "control_type", "settings"}],
+    "outputs"}) on PASDPipeline."""
     done = subprocess.run([python, "-c", DIRECT_RUN, str(repo), json.dumps(job)], capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:

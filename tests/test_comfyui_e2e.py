@@ -23,12 +23,14 @@ import numpy as np
 import pytest
 import requests
 from comfy_fixtures import (
+    CAPTION_FIXTURES,
     CHECKPOINTS,
     CORE_NODES,
     FIXTURES,
     REPO,
     SDXL_CHECKPOINTS,
     SHIPPED,
+    TINY_COCA,
     api_workflows,
     load_pack,
     make_models_dir,
@@ -66,6 +68,8 @@ SDXL_BASE = str(SDXL_CHECKPOINTS / "stable-diffusion-xl-base-1.0")
 PASD_SDXL = str(SDXL_CHECKPOINTS / "pasd_sdxl" / "checkpoint-200000")
 SDXL_FILE = "sd_xl_base_1.0.safetensors"  # a tiny SDXL single file, named as the download a user puts there
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
+PASD_COLOR = str(CAPTION_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000")
+CAPTIONER = "coca_ViT-L-14"  # the templates' caption_model: the tiny CoCa is linked under that name
 FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
 
 
@@ -85,7 +89,8 @@ def base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("comfyui")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(REPO, target_is_directory=True)
-    models = make_models_dir(base / "models", sdxl=True)
+    models = make_models_dir(base / "models", sdxl=True, color=True)
+    (models / "pasd_prompt" / CAPTIONER).symlink_to(TINY_COCA, target_is_directory=True)
     (models / "pasd" / "pasd_light").unlink()  # served from the extra_model_paths.yaml folder instead
     (base / "shared" / "pasd").mkdir(parents=True)
     (base / "shared" / "pasd" / "pasd_light").symlink_to(CHECKPOINTS / "pasd_light", target_is_directory=True)
@@ -99,6 +104,8 @@ def base(tmp_path_factory) -> Path:
     (base / "input").mkdir()
     picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
     picture.save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the templates use only it
+    for case in ("P1_sd15_caption", "P5_color_caption", "P6_color_none"):  # the prompt-stage parity inputs
+        shutil.copy(CAPTION_FIXTURES / "cases" / case / "input.png", base / "input" / f"{case}.png")
     return base
 
 
@@ -149,6 +156,13 @@ def upscale_settings(prompt: dict, node: str) -> dict:
     return {k: v for k, v in prompt[node]["inputs"].items() if k in table.BY_NAME}
 
 
+def stage(base_model: str, pasd: str, prompt: dict, node: str, **extra) -> dict:
+    """A direct engine run of PASD Upscale node `node`'s settings, with the captioner when they caption."""
+    settings = upscale_settings(prompt, node)
+    captioner = {"caption_model": str(TINY_COCA)} if settings["high_level_info"] == "caption" else {}
+    return {"base": base_model, "pasd": pasd, "settings": settings, **captioner, **extra}
+
+
 # --- the pack inside ComfyUI -----------------------------------------------------------------------
 
 def test_pack_loads_with_its_nodes_and_models(comfyui):
@@ -160,7 +174,9 @@ def test_pack_loads_with_its_nodes_and_models(comfyui):
     loader = comfyui.object_info("PASDModelLoader")["input"]["required"]
     # models/pasd is registered and the folder extra_model_paths.yaml gave "pasd" is kept
     assert loader["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000",
-                                       "pasd_sdxl/checkpoint-200000"]
+                                       "pasd_light_color/checkpoint-180000", "pasd_sdxl/checkpoint-200000"]
+    # models/pasd_prompt is registered: the captioner is listed (the colour checkpoint's scheduler/ is no checkpoint)
+    assert CAPTIONER in comfyui.object_info("PASDModelLoader")["input"]["optional"]["caption_model"][0]
     # SD1.5 and SDXL bases alike: diffusers folders, then single files
     assert loader["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "diffusers/stable-diffusion-xl-base-1.0",
                                        f"checkpoints/{SDXL_FILE}", "checkpoints/toonyou_beta6.safetensors"]
@@ -226,7 +242,8 @@ def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path
 # --- every workflow through POST /prompt -----------------------------------------------------------
 
 def test_x2_workflow_reproduces_the_official_output_and_the_engine(comfyui, base, tmp_path):
-    settings = {k: v for k, v in CASE_B.items() if k in table.BY_NAME}  # tiled x2, the official case B
+    # tiled x2, the official case B, made with the prompt stage off
+    settings = {**{k: v for k, v in CASE_B.items() if k in table.BY_NAME}, "high_level_info": "none"}
     prompt = workflow("pasd_upscale_x2", **settings)
     entry = comfyui.run(prompt)
     (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
@@ -234,12 +251,12 @@ def test_x2_workflow_reproduces_the_official_output_and_the_engine(comfyui, base
     official = pixels(FIXTURES / "cases" / "B_tiled_x2" / "expected.png")
     assert result.shape == (128, 128, 3)
     assert np.abs(result.astype(int) - official.astype(int)).max() <= 1
-    stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
-    (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [stage])
+    run = stage(SD15, PASD, prompt, node_id(prompt, "PASDUpscale"))
+    (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [run])
     assert np.array_equal(result, direct)
     # and the CLI, in the same interpreter, on the same file and settings
     cli_output = tmp_path / "cli.png"
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in stage["settings"].items()]
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in run["settings"].items()]
     subprocess.run([COMFYUI_PYTHON, "-m", "pasd_core", "upscale", str(base / "input" / "example.png"), "-o",
                     str(cli_output), "--base-model", SD15, "--pasd-model", PASD, "--device", "cpu", *flags],
                    cwd=REPO, check=True, capture_output=True, timeout=600)
@@ -251,8 +268,8 @@ def test_batch_workflow_gives_one_output_per_image_with_seed_plus_index(comfyui,
     entry = comfyui.run(prompt)
     results = [pixels(p) for p in comfyui.output_images(entry, node_id(prompt, "SaveImage"))]
     assert len(results) == 2 and results[0].shape == (128, 128, 3)
-    stage = {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, node_id(prompt, "PASDUpscale"))}
-    direct = engine_outputs(tmp_path, [base / "input" / "example.png"] * 2, [stage])  # the template as shipped
+    run = stage(SD15, PASD, prompt, node_id(prompt, "PASDUpscale"))
+    direct = engine_outputs(tmp_path, [base / "input" / "example.png"] * 2, [run])  # the template as shipped
     assert all(np.array_equal(r, d) for r, d in zip(results, direct, strict=True))
     assert not np.array_equal(results[0], results[1])  # the same picture, seeds 7 and 8
 
@@ -264,11 +281,9 @@ def test_stylize_workflow_chains_super_resolution_and_personalized_stylization(c
     super_resolved, stylized = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
     first, second = node_id(prompt, "PASDUpscale", "super-resolution"), node_id(prompt, "PASDUpscale", "stylization")
     style = str(base / "models" / "checkpoints" / "toonyou_beta6.safetensors")
-    (direct_sr,) = engine_outputs(tmp_path, [base / "input" / "example.png"],
-                                  [{"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, first)}])
+    (direct_sr,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [stage(SD15, PASD, prompt, first)])
     (direct_style,) = engine_outputs(tmp_path, [base / "input" / "example.png"], [
-        {"base": SD15, "pasd": PASD, "settings": upscale_settings(prompt, first)},
-        {"base": SD15, "pasd": PASD_LIGHT, "style_model": style, "settings": upscale_settings(prompt, second)}])
+        stage(SD15, PASD, prompt, first), stage(SD15, PASD_LIGHT, prompt, second, style_model=style)])
     assert np.array_equal(pixels(super_resolved), direct_sr)
     assert np.array_equal(pixels(stylized), direct_style) and pixels(stylized).shape == (128, 128, 3)
 
@@ -316,7 +331,7 @@ def test_sdxl_workflow_runs_on_the_tiny_sdxl_models_as_the_engine_does(comfyui, 
     settings = upscale_settings(prompt, node_id(prompt, "PASDUpscale"))
     assert settings["added_prompt"] == table.AUTO[str]  # resolved for SDXL by the node and the engine alike
     (direct,) = engine_outputs(tmp_path, [base / "input" / "example.png"],
-                               [{"base": SDXL_BASE, "pasd": PASD_SDXL, "settings": settings}])
+                               [stage(SDXL_BASE, PASD_SDXL, prompt, node_id(prompt, "PASDUpscale"))])
     assert np.array_equal(result, direct)
 
 
@@ -330,6 +345,51 @@ def test_fal_vs_local_workflow_runs_fal_and_its_local_sdxl_twin(comfyui, fal_stu
     twin = upscale_settings(prompt, node_id(prompt, "PASDUpscale"))
     assert {k: v for k, v in submit.json().items() if k != "image_url"} == {p.name: twin[p.name]
                                                                              for p in table.REMOTE_PARAMS}
+
+
+# --- the prompt stage and colorization: the official strings and images through ComfyUI's API ------
+
+def prompt_case(name: str) -> tuple[dict, dict]:
+    """(case.json, its PASD Upscale settings) of a prompt-stage parity case."""
+    data = json.loads((CAPTION_FIXTURES / "cases" / name / "case.json").read_text())
+    return data, {k: v for k, v in data["params"].items() if k in table.BY_NAME and table.BY_NAME[k].scope != "loader"}
+
+
+def run_case(comfyui, template: str, case: str) -> tuple[dict, np.ndarray]:
+    """Template `template` on the case's input with its settings; the official expected image beside the result."""
+    data, settings = prompt_case(case)
+    prompt = workflow(template, **settings)
+    prompt[node_id(prompt, "LoadImage")]["inputs"]["image"] = f"{case}.png"
+    started = len(comfyui.log(100_000))
+    entry = comfyui.run(prompt)
+    (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
+    expected = pixels(CAPTION_FIXTURES / "cases" / case / "expected.png")
+    assert np.abs(pixels(png).astype(int) - expected.astype(int)).max() <= 1
+    return data, comfyui.log(100_000)[started:]
+
+
+def test_the_default_template_captions_as_the_official_script(comfyui):
+    data, log = run_case(comfyui, "pasd_upscale_x2", "P1_sd15_caption")
+    assert data["caption"] and f"PASD: prompt {data['official_prompt']!r}" in log  # the caption, exactly
+
+
+@pytest.mark.parametrize("case", ["P5_color_caption", "P6_color_none"])
+def test_the_colorize_template_reproduces_the_official_colorization(comfyui, case):
+    data, log = run_case(comfyui, "pasd_colorize", case)
+    assert f"PASD: prompt {data['official_prompt']!r}" in log
+
+
+def test_a_missing_captioner_is_refused_once_before_anything_runs(comfyui):
+    prompt = workflow("pasd_upscale_x2", **FAST)
+    loader = node_id(prompt, "PASDModelLoader")
+    prompt[loader]["inputs"]["caption_model"] = "coca_missing"
+    response = requests.post(f"{comfyui.url}/prompt", json={"prompt": prompt, "client_id": comfyui.client_id},
+                             timeout=60)
+    assert response.status_code == 400, response.text[:2000]
+    errors = response.json()["node_errors"][loader]["errors"]
+    text = "\n".join(f"{e['message']} {e['details']}" for e in errors)
+    assert text.count("caption_model 'coca_missing'") == 1, text  # one refusal, not one per loader input
+    assert "download --captioner" in text and "huggingface.co/laion" in text
 
 
 # --- the cancel button ----------------------------------------------------------------------------

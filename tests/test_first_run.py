@@ -19,6 +19,14 @@ inputs = pack_module("nodes.inputs")
 SD15_X2 = ("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none")
 
 
+def loader_refusal(*args, **kwargs) -> str | bool:
+    """What queueing the loader answers: True, or the message ComfyUI shows once (VALIDATE_INPUTS raises it)."""
+    try:
+        return local.PASDModelLoader.VALIDATE_INPUTS(*args, **kwargs)
+    except choices.ModelsMissing as refusal:
+        return str(refusal)
+
+
 @pytest.fixture
 def empty_models(tmp_path, monkeypatch) -> Path:
     """A fresh ComfyUI: its models folder holds no PASD model, base, style model, LoRA or VAE."""
@@ -47,7 +55,7 @@ def test_empty_model_lists_show_what_is_missing_instead_of_undefined(empty_model
 
 
 def test_queueing_a_missing_pasd_model_names_its_folder_link_and_download_command(empty_models):
-    message = local.PASDModelLoader.VALIDATE_INPUTS(*SD15_X2)
+    message = loader_refusal(*SD15_X2)
     assert isinstance(message, str)
     models = os.path.realpath(empty_models)
     assert f"pasd_model 'pasd/checkpoint-100000' is not in models/pasd ({models}/pasd)" in message
@@ -57,7 +65,7 @@ def test_queueing_a_missing_pasd_model_names_its_folder_link_and_download_comman
     assert f"base_model 'diffusers/stable-diffusion-v1-5' is not in models/diffusers ({models}/diffusers)" in message
     assert "the download command above fetches it" in message  # said once, not twice
     # the placeholder itself, queued as is, gets the same answer
-    assert "is not in models/pasd" in local.PASDModelLoader.VALIDATE_INPUTS(choices.NO_PASD_MODEL,
+    assert "is not in models/pasd" in loader_refusal(choices.NO_PASD_MODEL,
                                                                              choices.NO_BASE_MODEL, "none", "none")
 
 
@@ -78,29 +86,29 @@ def test_the_adapter_loader_passes_an_installed_checkpoint(models):
 
 
 def test_sdxl_and_light_names_get_their_own_download_command(empty_models):
-    sdxl = local.PASDModelLoader.VALIDATE_INPUTS("pasd_sdxl/checkpoint-200000",
+    sdxl = loader_refusal("pasd_sdxl/checkpoint-200000",
                                                  "diffusers/stable-diffusion-xl-base-1.0", "none", "none")
     assert "https://huggingface.co/yangtao9009/PASD-SDXL" in sdxl and "download --family sdxl " in sdxl
     assert "stabilityai/stable-diffusion-xl-base-1.0" in sdxl
-    light = local.PASDModelLoader.VALIDATE_INPUTS("pasd_light/checkpoint-120000", *SD15_X2[1:])
+    light = loader_refusal("pasd_light/checkpoint-120000", *SD15_X2[1:])
     assert "download --family sd15 --variant pasd_light " in light
 
 
 def test_installed_models_pass_and_a_missing_style_model_lora_or_vae_is_named_with_its_folder(models):
-    assert local.PASDModelLoader.VALIDATE_INPUTS(*SD15_X2) is True
-    assert local.PASDModelLoader.VALIDATE_INPUTS(*SD15_X2, vae="none") is True
-    message = local.PASDModelLoader.VALIDATE_INPUTS(SD15_X2[0], SD15_X2[1], "toonyou_beta6.safetensors", "none")
+    assert loader_refusal(*SD15_X2) is True
+    assert loader_refusal(*SD15_X2, vae="none") is True
+    message = loader_refusal(SD15_X2[0], SD15_X2[1], "toonyou_beta6.safetensors", "none")
     assert message.startswith("style_model 'toonyou_beta6.safetensors' is not in models/checkpoints (")
     assert "https://civitai.com/models/30240/toonyou" in message and "pick none" in message
     assert "pasd_model" not in message  # only what is missing
-    assert "lora 'x.safetensors' is not in models/loras" in local.PASDModelLoader.VALIDATE_INPUTS(
+    assert "lora 'x.safetensors' is not in models/loras" in loader_refusal(
         *SD15_X2[:3], "x.safetensors")
-    assert "--fp16-fix-vae" in local.PASDModelLoader.VALIDATE_INPUTS(*SD15_X2, vae="fix.safetensors")
+    assert "--fp16-fix-vae" in loader_refusal(*SD15_X2, vae="fix.safetensors")
 
 
 @pytest.mark.parametrize("name", ["../../etc", "/etc/passwd", "pasd/../../../secret", "pasd\\..\\x", "a\0b"])
 def test_hostile_names_are_refused_before_the_run_without_touching_the_disk_outside(models, name):
-    message = local.PASDModelLoader.VALIDATE_INPUTS(name, *SD15_X2[1:])
+    message = loader_refusal(name, *SD15_X2[1:])
     assert isinstance(message, str) and message.startswith("pasd_model ")
     assert "/etc/passwd" not in message.replace(repr(name), "")  # names itself, lists nothing outside
 
@@ -133,3 +141,70 @@ def test_every_node_describes_itself_is_found_by_what_users_search_and_explains_
         declared = cls.INPUT_TYPES()
         for input_name, spec in {**declared["required"], **declared.get("optional", {})}.items():
             assert len(spec) == 2 and spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+# --- the prompt stage's models and colorization ---------------------------------------------------
+
+def comfyui_validation_errors(node: type, inputs: dict) -> list[str]:
+    """The errors ComfyUI lists for a node's VALIDATE_INPUTS, as execution.py validate_inputs makes them (0.3.64 and
+    0.38 alike): a returned string once per VALIDATE_INPUTS argument present in the prompt ("<input> - <string>"),
+    an exception raised there once (caught as "Exception when validating (inner) node")."""
+    import inspect
+
+    arguments = [name for name in inspect.getfullargspec(node.VALIDATE_INPUTS).args if name in inputs]
+    try:
+        result = node.VALIDATE_INPUTS(**{name: inputs[name] for name in arguments})
+    except Exception as error:  # noqa: BLE001 - what ComfyUI catches
+        return [f"Exception when validating inner node: {error}"]
+    return [] if result is True else [f"Custom validation failed for node: {name} - {result}" for name in arguments]
+
+
+LOADER_PROMPT = {"pasd_model": SD15_X2[0], "base_model": SD15_X2[1], "style_model": "none", "lora": "none",
+                 "lcm_lora": "none", "vae": "none", "control_type": "realisr", "caption_model": "coca_ViT-L-14",
+                 "classifier_model": "none"}
+PROMPT_ONLY = {"style_strength": 1.0, "device": "auto"}  # widgets ComfyUI does not pass to VALIDATE_INPUTS
+
+
+def test_a_missing_captioner_is_named_with_its_folder_link_and_download_command_once(models):
+    shown = comfyui_validation_errors(local.PASDModelLoader, {**LOADER_PROMPT, **PROMPT_ONLY})
+    assert len(shown) == 1  # not once per VALIDATE_INPUTS argument (9 here)
+    message = shown[0]
+    assert message.count("caption_model 'coca_ViT-L-14' is not in") == 1
+    assert f"models/pasd_prompt ({os.path.realpath(models)}/pasd_prompt)" in message
+    assert "https://huggingface.co/laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k" in message
+    assert f"python -m pasd_core download --family sd15 --captioner --models-dir {os.path.realpath(models)}" in message
+    assert "pasd_model" not in message  # only what is missing
+    # two missing models: two sentences, each once
+    both = comfyui_validation_errors(local.PASDModelLoader, {**LOADER_PROMPT, "classifier_model": "resnet50"})
+    assert len(both) == 1 and both[0].count(" is not in ") == 2 and "download --family sd15 --classifier" in both[0]
+
+
+def test_the_captioner_dropdown_lists_captioner_folders_and_says_when_there_is_none(tmp_path, monkeypatch):
+    empty = make_models_dir(tmp_path / "empty")
+    FakeComfyUI(empty).install(monkeypatch)
+    declared = local.PASDModelLoader.INPUT_TYPES()["optional"]
+    assert declared["caption_model"][0] == [choices.NO_CAPTIONER, "none"]
+    assert declared["classifier_model"][0] == ["none"]
+    assert "queue for how" in loader_refusal(**{**LOADER_PROMPT, "caption_model": choices.NO_CAPTIONER})
+    stocked = make_models_dir(tmp_path / "stocked", captioner=True)
+    classifier = stocked / "pasd_prompt" / "resnet50"
+    classifier.mkdir()
+    (classifier / "model.safetensors").write_bytes(b"")
+    (classifier / "categories.txt").write_text("tench\n")
+    FakeComfyUI(stocked).install(monkeypatch)
+    declared = local.PASDModelLoader.INPUT_TYPES()["optional"]
+    assert declared["caption_model"][0] == ["coca_tiny", "none"]
+    assert declared["classifier_model"][0] == ["none", "resnet50"]
+    assert loader_refusal(**{**LOADER_PROMPT, "caption_model": "coca_tiny", "classifier_model": "resnet50"}) is True
+
+
+def test_colorization_is_refused_before_the_run_on_sdxl_or_without_the_colour_scheduler(tmp_path, monkeypatch):
+    root = make_models_dir(tmp_path / "models", sdxl=True, color=True)
+    FakeComfyUI(root).install(monkeypatch)
+    gray = {**LOADER_PROMPT, "caption_model": "none", "control_type": "grayscale"}
+    assert loader_refusal(**{**gray, "pasd_model": "pasd_light_color/checkpoint-180000"}) is True
+    sdxl = loader_refusal(**{**gray, "pasd_model": "pasd_sdxl/checkpoint-200000"})
+    assert "PASD-SD1.5 task" in sdxl and "PASD-SDXL checkpoint" in sdxl
+    no_scheduler = loader_refusal(**gray)  # pasd/checkpoint-100000 has no scheduler/ beside it
+    assert "scheduler" in no_scheduler and "download --variant pasd_light_color" in no_scheduler
+    assert "is not allowed" in loader_refusal(**{**gray, "control_type": "sepia"})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_fixtures import FIXTURES, REPO, SDXL_CHECKPOINTS, native_api_templates, pack_module
+from comfy_fixtures import FIXTURES, REPO, SDXL_CHECKPOINTS, TINY_COCA, native_api_templates, pack_module
 from comfyui_server import ComfyUIServer, require, run_engine_directly
 from PIL import Image
 
@@ -72,6 +72,11 @@ def base(tmp_path_factory, native_models) -> Path:
         from tiny_sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
 
         write_sdxl_file(native_models.models / "checkpoints" / SDXL_FILE, *sdxl_base_modules(), unet=tiny_sdxl_unet())
+    # PASD Prompt's captioner, under the name the templates use (the tiny CoCa of the prompt-stage fixtures)
+    captioner = native_models.models / "pasd_prompt" / "coca_ViT-L-14"
+    if not captioner.exists():
+        captioner.parent.mkdir(exist_ok=True)
+        captioner.symlink_to(TINY_COCA, target_is_directory=True)
     (base / "input").mkdir()
     picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
     picture.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC).save(base / "input" / "example.png")
@@ -154,11 +159,16 @@ def test_sd15_x2_native_graph_is_near_the_engines_image(comfyui, base, native_mo
     settings = {"scale": apply["scale"], "conditioning_scale": apply["conditioning_scale"],
                 "process_size": apply["process_size"], "steps": sampler["steps"], "guidance_scale": sampler["cfg"],
                 "seed": sampler["seed"], "prompt": "", "negative_prompt": table.BY_NAME["negative_prompt"].default,
-                "added_prompt": "auto", "color_fix": "wavelet"}
+                "added_prompt": "auto", "color_fix": "wavelet", "high_level_info": "caption"}
+    # the graph's positive text is PASD Prompt's: the official prompt the engine builds from the same caption
+    (text,) = [n["inputs"]["text"] for n in prompt.values() if n["class_type"] == "CLIPTextEncode"
+               and isinstance(n["inputs"]["text"], list)]
+    assert prompt[text[0]]["class_type"] == "PASDPrompt"
     output = tmp_path / "engine.png"
     run_engine_directly(COMFYUI_PYTHON, REPO, {
         "inputs": [str(base / "input" / "example.png")], "outputs": [str(output)],
-        "stages": [{"base": str(native_models.base), "pasd": str(native_models.adapter), "settings": settings}]})
+        "stages": [{"base": str(native_models.base), "pasd": str(native_models.adapter), "settings": settings,
+                    "caption_model": str(TINY_COCA)}]})
     engine = pixels(output)
     assert engine.shape == native.shape and np.isfinite(native).all()
     difference = np.abs(native.astype(float) - engine.astype(float))

@@ -79,15 +79,16 @@ def pasd(models_dir):
 
 
 def sampler_values(**overrides) -> dict:
-    """Every PASDUpscale widget, as ComfyUI passes them (all of them, always)."""
-    return {**table.defaults(table.SAMPLER_PARAMS), **overrides}
+    """Every PASDUpscale widget, as ComfyUI passes them (all of them, always); the prompt stage off, as the parity
+    fixtures ran (tests below that caption say so)."""
+    return {**table.defaults(table.SAMPLER_PARAMS), "high_level_info": "none", **overrides}
 
 
 # --- the pack as ComfyUI sees it ----------------------------------------------------------------
 
 def test_nodes_are_registered_under_their_ids_in_the_pasd_category():
     assert set(pack.NODE_CLASS_MAPPINGS) == {"PASDModelLoader", "PASDUpscale", "PASDUpscaleFal", "PASDColorFix",
-                                             "PASDAdapterLoader", "PASDApply"}
+                                             "PASDAdapterLoader", "PASDApply", "PASDPrompt"}
     assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
     for cls in pack.NODE_CLASS_MAPPINGS.values():
         assert cls.CATEGORY == "image/upscaling/PASD"
@@ -137,7 +138,8 @@ def test_prompts_are_multiline_and_local_only_settings_stay_off_the_fal_node():
 def test_loader_declares_every_loader_setting_and_lists_models_found_on_disk(monkeypatch, models_dir):
     monkeypatch.setenv("PASD_MODELS_DIR", str(models_dir))
     (models_dir / "loras" / "detail.safetensors").write_bytes(b"")
-    declared = local.PASDModelLoader.INPUT_TYPES()["required"]
+    declared = local.PASDModelLoader.INPUT_TYPES()
+    declared = {**declared["required"], **declared["optional"]}
     assert {p.name for p in table.LOADER_PARAMS} <= set(declared)
     assert declared["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
     assert declared["base_model"][0] == ["diffusers/stable-diffusion-v1-5"]
@@ -179,7 +181,7 @@ def test_inputs_convert_to_the_v3_schema_with_the_same_options():
 @pytest.mark.parametrize("name", ["A_untiled", "B_tiled_x2"])
 def test_upscale_node_reproduces_the_official_output(pasd, name):
     image, params, expected = case(name)
-    (result,) = local.PASDUpscale().upscale(image, pasd, **sampler_values(**params))
+    result, _caption = local.PASDUpscale().upscale(image, pasd, **sampler_values(**params))
     assert result.dtype == torch.float32 and result.shape == (1, *expected.shape)
     assert np.abs(as_uint8(result[0]).astype(int) - expected.astype(int)).max() <= 1
 
@@ -189,10 +191,11 @@ def test_light_variant_and_a_batch_use_seed_plus_index(models_dir, monkeypatch):
     (light,) = local.PASDModelLoader().load("pasd_light/checkpoint-120000", "diffusers/stable-diffusion-v1-5",
                                             "none", "none", device="cpu", dtype="fp32")
     image, params, expected = case("C_light")
-    (batch,) = local.PASDUpscale().upscale(image.repeat(2, 1, 1, 1), light, **sampler_values(**params))
+    batch, _caption = local.PASDUpscale().upscale(image.repeat(2, 1, 1, 1), light, **sampler_values(**params))
     assert batch.shape == (2, 64, 64, 3)
     assert np.abs(as_uint8(batch[0]).astype(int) - expected.astype(int)).max() <= 1
-    second = light.upscale(Image.open(CASES / "C_light" / "input.png"), {**params, "seed": params["seed"] + 1})
+    second = light.upscale(Image.open(CASES / "C_light" / "input.png"), {**params, "seed": params["seed"] + 1,
+                                                                          "high_level_info": "none"})
     assert np.array_equal(as_uint8(batch[1]), np.asarray(second))
     assert not np.array_equal(as_uint8(batch[0]), as_uint8(batch[1]))
 
@@ -222,7 +225,7 @@ def test_loader_resolves_choices_to_paths_and_names_missing_models(monkeypatch, 
 def test_batch_of_b_images_gives_b_outputs_with_seeds_seed_plus_i():
     pipeline = FakePipeline()
     batch = as_image_batch(*(Image.new("RGB", (8, 6), (40 * i, 0, 0)) for i in range(3)))
-    (result,) = local.PASDUpscale().upscale(batch, pipeline, **sampler_values(seed=2**64 - 2, scale=3))
+    result, _caption = local.PASDUpscale().upscale(batch, pipeline, **sampler_values(seed=2**64 - 2, scale=3))
     assert result.shape == (3, 18, 24, 3)
     assert [s["seed"] for s in pipeline.settings] == [2**64 - 2, 2**64 - 1, 0]  # 64-bit seeds wrap around
     assert torch.allclose(result[2, 0, 0], torch.tensor([80 / 255, 0.0, 0.0]))
@@ -430,8 +433,95 @@ def test_loader_node_loads_pasd_sdxl_whose_defaults_give_the_official_fal_defaul
     # case X1 is the official test_pasd_sdxl.py with fal's defaults; only the seed and the tiny size are its own
     params = json.loads((SDXL_CASES / "X1_sdxl_fal_defaults" / "case.json").read_text())["params"]
     image = as_image_batch(Image.open(SDXL_CASES / "X1_sdxl_fal_defaults" / "input.png"))
-    (result,) = local.PASDUpscale().upscale(image, pipeline, **sampler_values(seed=params["seed"],
+    result, _caption = local.PASDUpscale().upscale(image, pipeline, **sampler_values(seed=params["seed"],
                                                                              process_size=params["process_size"]))
     expected = np.asarray(Image.open(SDXL_CASES / "X1_sdxl_fal_defaults" / "expected.png").convert("RGB"))
     assert result.shape == (1, *expected.shape)
     assert np.abs(as_uint8(result[0]).astype(int) - expected.astype(int)).max() <= 1
+
+
+# --- the prompt stage: caption output, refusals, PASD Prompt ---------------------------------------
+
+def test_upscale_describes_each_image_first_and_outputs_the_captions_one_line_per_image(comfyui):
+    pipeline = FakePipeline()
+    pictures = as_image_batch(Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8)))
+    result, caption = local.PASDUpscale().upscale(pictures, pipeline, **sampler_values(high_level_info="caption",
+                                                                                        prompt="a barn"))
+    assert local.PASDUpscale.RETURN_NAMES == ("image", "caption") and local.PASDUpscale.RETURN_TYPES[1] == "STRING"
+    assert result.shape[0] == 2 and caption == "a fake caption of a 8x8 picture\na fake caption of a 8x8 picture"
+    assert [d["seed"] for d in pipeline.described] == [0, 1]  # described with each image's own settings
+    # the official join: caption, a space, the user's prompt, then the added prompt with no separator
+    assert [p.prompt for p in pipeline.prompts] == ["a fake caption of a 8x8 picture a barnclean, high-resolution, "
+                                                    "8k"] * 2
+
+
+def test_upscale_refuses_a_prompt_stage_model_the_loader_did_not_load_before_any_work(comfyui):
+    pipeline = FakePipeline(loaded=("none",))
+    with pytest.raises(table.ParamError, match="needs the CoCa captioner.*download --captioner"):
+        local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline,
+                                    **sampler_values(high_level_info="caption"))
+    assert comfyui.calls == [] and pipeline.events == [] and pipeline.described == []  # nothing freed or moved
+    with pytest.raises(table.ParamError, match="ResNet-50 classifier"):
+        local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline,
+                                    **sampler_values(high_level_info="classification"))
+
+
+def test_loader_passes_control_type_and_the_prompt_models_to_the_engine(monkeypatch, tmp_path):
+    models = make_models_dir(tmp_path / "models", captioner=True)
+    FakeComfyUI(models).install(monkeypatch)
+    seen = {}
+    pipeline = pack_module("pasd_core.engine.pipeline").PASDPipeline
+    monkeypatch.setattr(pipeline, "from_pretrained", classmethod(lambda cls, base, pasd, **kw: seen.update(kw)))
+    local.PASDModelLoader().load("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none",
+                                 caption_model="coca_tiny", device="cpu", dtype="fp32")
+    assert Path(seen["caption_model"]).resolve() == (REPO / "tests/fixtures/pasd_caption_official_tiny/checkpoints/"
+                                                     "pasd_prompt/coca_tiny")
+    assert seen["classifier_model"] is None and seen["control_type"] == "realisr"
+    assert seen["make_room"] is host.free_memory
+
+
+def test_multiline_prompts_show_a_placeholder_and_auto_widgets_say_what_0_means():
+    declared = local.PASDUpscale.INPUT_TYPES()["required"]
+    for name in ("prompt", "negative_prompt", "added_prompt"):
+        assert declared[name][1]["placeholder"].startswith(f"{name}: ")
+    assert "'auto'" in declared["added_prompt"][1]["placeholder"]
+    assert "0 = the model's own default" in declared["process_size"][1]["tooltip"]
+
+
+CAPTION_CASES = REPO / "tests" / "fixtures" / "pasd_caption_official_tiny" / "cases"
+
+
+@pytest.mark.parametrize("name", ["P1_sd15_caption", "P2_sdxl_caption_prompt"])
+def test_prompt_node_builds_the_text_the_official_script_encoded(monkeypatch, tmp_path, name):
+    FakeComfyUI(make_models_dir(tmp_path / "models", captioner=True)).install(monkeypatch)
+    recorded = json.loads((CAPTION_CASES / name / "case.json").read_text())
+    params = recorded["params"]
+    prompt_node = pack_module("nodes.prompt").PASDPrompt
+    node = prompt_node()
+    image = as_image_batch(Image.open(CAPTION_CASES / name / "input.png"))
+    values = {"prompt": params["prompt"], "family": recorded["family"], "high_level_info": "caption",
+              "added_prompt": params["added_prompt"], "caption_model": "coca_tiny", "classifier_model": "none"}
+    assert prompt_node.VALIDATE_INPUTS("caption", "coca_tiny", "none") is True
+    prompt, caption = node.build(image, **values)
+    assert prompt == recorded["official_prompt"]
+    clean_caption = pack_module("pasd_core.engine.prompt_stage").clean_caption
+    assert caption == clean_caption(recorded["caption"], recorded["family"])  # cleaned as the official script does
+    loaded = node._models["caption_model"][1]
+    node.build(image, **values)
+    assert node._models["caption_model"][1] is loaded  # loaded once per folder, kept on the node
+    assert next(iter(loaded.model.parameters())).device.type == "cpu"
+
+
+def test_prompt_node_refuses_a_missing_or_unchosen_model_once(monkeypatch, tmp_path):
+    FakeComfyUI(make_models_dir(tmp_path / "models")).install(monkeypatch)
+    prompt_node = pack_module("nodes.prompt").PASDPrompt
+    choices = pack_module("nodes.model_choices")
+    with pytest.raises(choices.ModelsMissing, match="caption_model 'coca_ViT-L-14' is not in models/pasd_prompt"):
+        prompt_node.VALIDATE_INPUTS("caption", "coca_ViT-L-14", "none")
+    with pytest.raises(choices.ModelsMissing, match="needs classifier_model, which is none"):
+        prompt_node.VALIDATE_INPUTS("classification", "none", "none")
+    assert prompt_node.VALIDATE_INPUTS("none", "none", "none") is True
+    prompt, caption = prompt_node().build(as_image_batch(Image.new("RGB", (8, 8))), prompt="a barn", family="sd15",
+                                          high_level_info="none", added_prompt="auto", caption_model="none",
+                                          classifier_model="none")
+    assert (prompt, caption) == ("a barn, clean, high-resolution, 8k", "")

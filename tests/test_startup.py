@@ -47,7 +47,7 @@ def test_comfyui_start_up_imports_no_engine_library():
         pack = importlib.util.module_from_spec(spec)
         sys.modules["ComfyUI-PASD"] = pack
         spec.loader.exec_module(pack)
-        assert len(pack.NODE_CLASS_MAPPINGS) == 6  # exact engine, fal and the native adapter nodes
+        assert len(pack.NODE_CLASS_MAPPINGS) == 7  # exact engine, fal, the native adapter nodes and PASD Prompt
         for node in pack.NODE_CLASS_MAPPINGS.values():
             node.INPUT_TYPES()  # what ComfyUI asks for every node when it lists them
     """)

@@ -72,7 +72,7 @@ def test_the_workflows_are_shipped_as_templates_with_api_copies_and_thumbnails()
     assert set(SHIPPED.values()) <= set(ui_workflows())
     assert {p.stem for p in API_WORKFLOWS.glob("*.json")} == set(ui_workflows())
     for name in ui_workflows():  # what ComfyUI's template browser shows: the file name over <name>.jpg
-        assert (WORKFLOWS / f"{name}.jpg").is_file(), f"run: python tests/make_thumbnails.py {name!r}"
+        assert (WORKFLOWS / f"{name}.jpg").is_file(), f"run: python tools/make_thumbnails.py {name!r}"
         assert name.startswith("PASD ") and "_" not in name
     assert not (REPO / "workflows").exists()  # one place, the one ComfyUI lists
 
@@ -103,7 +103,8 @@ def assert_consistent_graph(workflow: dict) -> None:
     for node in server_nodes(workflow):  # every required socket is connected
         required = known[node["type"]]["input"]["required"]
         sockets = {n for n, spec in required.items() if input_type(spec) not in ("INT", "FLOAT", "STRING", "COMBO")}
-        assert sockets == {i["name"] for i in node["inputs"] if i["link"] is not None}
+        # a widget converted to an input (PASD Prompt feeding CLIP Text Encode's text) is a socket too
+        assert sockets == {i["name"] for i in node["inputs"] if i["link"] is not None and "widget" not in i}
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -141,8 +142,10 @@ def test_api_copy_says_what_the_ui_workflow_says(name):
 def assert_api_copy(ui: dict, api: dict) -> None:
     assert ui_to_api(ui) == api
     assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
-    for node in server_nodes(ui):  # spelled out: each widget value sits under its input name
-        assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node)} == widgets(node)
+    for node in server_nodes(ui):  # spelled out: each widget value sits under its input name (unless linked)
+        linked = {i["name"] for i in node.get("inputs", []) if "widget" in i and i["link"] is not None}
+        assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node) if k not in linked} == {
+            k: v for k, v in widgets(node).items() if k not in linked}
 
 
 @pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")) + sorted(API_WORKFLOWS.glob("*.json")),
@@ -309,7 +312,10 @@ def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
         assert source_of(template, loras[0], "model") is source_of(template, loras[0], "clip") is loader
     # prompts: the official added prompt of the family, the table's negative prompt, both through the same CLIP
     positive, negative = source_of(template, apply, "positive"), source_of(template, apply, "negative")
-    assert widgets(positive)["text"] == dict(table.BY_NAME["added_prompt"].auto)[family]
+    # the positive text is PASD Prompt's: the image's caption, the user's prompt and the family's added prompt
+    prompt_node = source_of(template, positive, "text")
+    assert prompt_node["type"] == "PASDPrompt" and source_of(template, prompt_node, "image")["type"] == "LoadImage"
+    assert widgets(prompt_node)["family"] == family and widgets(prompt_node)["high_level_info"] == "caption"
     assert widgets(negative)["text"] == table.BY_NAME["negative_prompt"].default
     assert source_of(template, positive, "clip") is source_of(template, negative, "clip") is model
     # KSampler on all four outputs of PASD Apply, at denoise 1.0, with the official steps and guidance
