@@ -389,7 +389,7 @@ def test_a_missing_captioner_is_refused_once_before_anything_runs(comfyui):
     errors = response.json()["node_errors"][loader]["errors"]
     text = "\n".join(f"{e['message']} {e['details']}" for e in errors)
     assert text.count("caption_model 'coca_missing'") == 1, text  # one refusal, not one per loader input
-    assert "download --captioner" in text and "huggingface.co/laion" in text
+    assert "python -m pasd_core download" in text and "--captioner" in text and "huggingface.co/laion" in text
 
 
 # --- the cancel button ----------------------------------------------------------------------------
