@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "puts it")
     up.add_argument("--classifier-model", help="ResNet-50 classifier folder for --high-level-info classification; "
                                                "default ./models/pasd_prompt/resnet50 (download --classifier)")
+    up.add_argument("--refiner", help="SDXL refiner folder (stabilityai/stable-diffusion-xl-refiner-1.0, diffusers "
+                                      "layout; download --refiner), PASD-SDXL only: a seeded img2img pass at strength "
+                                      "0.1 between PASD's decode and the colour fix. Departs from the official "
+                                      "--use_refiner, which crashes there (its result is a list) and is unseeded")
     add_cli_flags(up, SAMPLER_PARAMS)
     add_cli_flags(up, LOADER_PARAMS)
     up.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--classifier", action="store_true",
                       help="also fetch the ResNet-50 classifier (torchvision IMAGENET1K_V2) into "
                            "MODELS/pasd_prompt/resnet50, for --high-level-info classification")
+    down.add_argument("--refiner", action="store_true",
+                      help="with --family sdxl, also fetch the SDXL 1.0 refiner (stabilityai/stable-diffusion-xl-"
+                           "refiner-1.0) into MODELS/diffusers/stable-diffusion-xl-refiner-1.0 (upscale --refiner)")
     down.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -97,6 +104,7 @@ def _download(args: argparse.Namespace) -> int:
         ensure_fp16_fix_vae,
         ensure_lcm_lora,
         ensure_pasd_checkpoint,
+        ensure_refiner,
     )
 
     if args.family == SDXL and args.variant is not None:
@@ -106,6 +114,9 @@ def _download(args: argparse.Namespace) -> int:
         raise ParamError("--variant pasd_sdxl is PASD-SDXL: use --family sdxl instead (it fetches the SDXL base too).")
     if args.fp16_fix_vae and args.family != SDXL:
         raise ParamError("--fp16-fix-vae is an SDXL VAE: use it with --family sdxl.")
+    if args.refiner and args.family != SDXL:
+        raise ParamError("--refiner fetches the SDXL refiner, which runs after PASD-SDXL only: use it with "
+                         "--family sdxl.")
     if args.lcm_lora and args.family != SD15:
         raise ParamError("--lcm-lora fetches the SD1.5 LCM-LoRA; the official PASD has no LCM mode for PASD-SDXL: "
                          "use it with --family sd15.")
@@ -121,6 +132,8 @@ def _download(args: argparse.Namespace) -> int:
         flags += ["--caption-model", str(ensure_captioner(models))]
     if args.classifier:
         flags += ["--classifier-model", str(ensure_classifier(models))]
+    if args.refiner:
+        flags += ["--refiner", str(ensure_refiner(models / "diffusers"))]
     print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
     return 0
 
@@ -188,6 +201,10 @@ def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
         raise InputImageError("local runs need --base-model (an SD1.5 or SDXL base: diffusers folder or .safetensors) "
                               "and --pasd-model (PASD checkpoint folder); or use --remote fal.")
     family = checkpoint_family(args.pasd_model)
+    if args.refiner is not None:
+        from .engine.refiner import check_refiner
+
+        check_refiner(args.refiner, family)  # PASD-SDXL only, and a refiner folder
     lcm = args.lcm_lora is not None
     if lcm:
         from .weights.lcm_lora import require_lcm_family
@@ -223,7 +240,7 @@ def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], l
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
         lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, lcm_lora=args.lcm_lora,
         device=loader["device"], dtype=loader["dtype"], control_type=loader["control_type"],
-        caption_model=caption_model, classifier_model=classifier_model,
+        caption_model=caption_model, classifier_model=classifier_model, refiner=args.refiner,
     )
     prompt = pipeline.describe(image, settings)
     if settings["high_level_info"] != "none":
@@ -241,7 +258,8 @@ def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
                                             ("--style-model", args.style_model), ("--lora", args.lora),
                                             ("--vae", args.vae), ("--lcm-lora", args.lcm_lora),
                                             ("--caption-model", args.caption_model),
-                                            ("--classifier-model", args.classifier_model)) if value]
+                                            ("--classifier-model", args.classifier_model),
+                                            ("--refiner", args.refiner)) if value]
     if local_only:
         raise InputImageError(f"{', '.join(local_only)} only apply to local runs; fal-ai/pasd accepts "
                               f"{', '.join(p.flag for p in REMOTE_PARAMS)}.")

@@ -32,7 +32,7 @@ def test_out_of_memory_on_gpu_retries_with_smaller_tiles(tiny_pipeline, monkeypa
     pipeline = tiny_pipeline("pasd")
     attempts = []
 
-    def run(image, settings, prompt, on_step=None, should_stop=None):
+    def run(image, settings, prompt, on_step=None, should_stop=None, refine=None):
         attempts.append(settings["latent_tile_size"])
         if len(attempts) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -19,6 +19,7 @@ from ..params import SAMPLER_PARAMS, ParamError, for_family, validate
 from . import memory
 from .family import FAMILIES
 from .prompt_stage import GRAYSCALE, REALISR, PromptStage, RunPrompt, colorize_input
+from .refiner import Refiner, check_refiner
 from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
 from .work_limits import check_planned_work
 
@@ -29,13 +30,14 @@ class PASDPipeline:
     """A loaded PASD model (UNet, ControlNet, the base's text encoder(s) and VAE, scheduler) on one device."""
 
     def __init__(self, models: SamplerModels, variant: str, lcm: bool = False, control_type: str = REALISR,
-                 prompt_stage: PromptStage | None = None) -> None:
+                 prompt_stage: PromptStage | None = None, refiner: Refiner | None = None) -> None:
         self.models = models
         self.variant = variant
         self.lcm = lcm  # LCM fast mode: an LCM-LoRA merged, LCMScheduler; steps and guidance take its ranges
         self.control_type = control_type  # realisr, or grayscale: the colour checkpoint with its own scheduler
         self.prompt_stage = prompt_stage or PromptStage()
         self._sampler = PASDSampler(models)
+        self.refiner = refiner  # the SDXL refiner pass after decode (refiner.py), or None
 
     @classmethod
     def from_pretrained(cls, base_model: str | Path, pasd_model: str | Path, *, style_model: str | Path | None = None,
@@ -44,7 +46,8 @@ class PASDPipeline:
                         device: str = "auto", dtype: str = "auto", base_config: str | Path | None = None,
                         control_type: str = REALISR, caption_model: str | Path | None = None,
                         classifier_model: str | Path | None = None,
-                        make_room: Callable[[int, str], None] | None = None) -> "PASDPipeline":
+                        make_room: Callable[[int, str], None] | None = None,
+                        refiner: str | Path | None = None) -> "PASDPipeline":
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
         of the same family, optionally personalized.
 
@@ -57,6 +60,9 @@ class PASDPipeline:
         `control_type` "grayscale" is the official colorization (PASD-SD1.5 colour checkpoint, whose folder's
         parent holds its scheduler/); `caption_model` / `classifier_model` are the prompt stage's CoCa and ResNet-50
         folders (high_level_info caption / classification), loaded once and kept on the CPU between passes.
+        `refiner` (PASD-SDXL only): a stabilityai/stable-diffusion-xl-refiner-1.0 folder, run as a seeded img2img
+        pass at strength 0.1 between decode and colour fix. This departs from the official --use_refiner, which
+        crashes there (its result is a list) and is unseeded; see engine/refiner.py.
         """
         from ..model_family import family_of
         from ..weights.bases import check_compatible, load_base, load_vae
@@ -66,6 +72,10 @@ class PASDPipeline:
 
         torch_device = resolve_device(device)
         check_control_type(pasd_model, control_type)  # before any weights are read
+        if refiner is not None:
+            from ..weights.pasd_folder import checkpoint_family
+
+            check_refiner(refiner, checkpoint_family(pasd_model))  # SDXL only, and a refiner folder
         prompt_stage = load_prompt_stage(caption_model, classifier_model, make_room)
         unet, controlnet = load_pasd_checkpoint(pasd_model)
         family = FAMILIES[family_of(unet.config)]
@@ -90,6 +100,7 @@ class PASDPipeline:
                         lora_strength=lora_strength)
         if lcm_merges is not None:  # last, as the official script fuses it into the (personalized) pipeline
             apply_merges(lcm_merges, lcm_lora)
+        refiner_model = Refiner.from_pretrained(refiner, torch_dtype) if refiner is not None else None
         if replacement_vae is not None:
             vae = replacement_vae
         models = SamplerModels(
@@ -98,7 +109,7 @@ class PASDPipeline:
             tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
         )
         pipeline = cls(models, unet.variant, lcm=lcm_lora is not None, control_type=control_type,
-                       prompt_stage=prompt_stage)
+                       prompt_stage=prompt_stage, refiner=refiner_model)
         if make_room is not None and torch_device.type != "cpu":
             make_room(pipeline.weight_bytes(), str(torch_device))
         return pipeline.to(torch_device)
@@ -115,7 +126,7 @@ class PASDPipeline:
     def _modules(self) -> list[torch.nn.Module]:
         m = self.models
         return [module for module in (m.text_encoder, m.text_encoder_2, m.vae, m.unet, m.controlnet)
-                if module is not None]
+                if module is not None] + (self.refiner.modules() if self.refiner is not None else [])
 
     def to(self, device: str | torch.device) -> "PASDPipeline":
         device = torch.device(device)
@@ -181,7 +192,8 @@ class PASDPipeline:
         self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype, self.models.family.vae_tiles)
         while True:
             try:
-                return self._sampler.run(image, settings, prompt, on_step=on_step, should_stop=should_stop)
+                return self._sampler.run(image, settings, prompt, on_step=on_step, should_stop=should_stop,
+                                         refine=self.refiner)
             except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
                 if self.device.type == "cpu" or not memory.is_out_of_memory(error):
                     raise

@@ -62,6 +62,9 @@ class SamplerModels:
 
 StepCallback = Callable[[], None]
 StopCheck = Callable[[], bool]
+# (image, prompt, the run's generator, should_stop) -> image: the SDXL refiner pass (refiner.py) between decode and
+# colour fix; departs from the official code, which crashes there
+Refine = Callable[[Image.Image, str, torch.Generator, StopCheck | None], Image.Image]
 
 
 class PASDSampler:
@@ -175,7 +178,7 @@ class PASDSampler:
         return denoising_calls(width, height, settings)
 
     def run(self, image: Image.Image, settings: dict, prompt: RunPrompt, on_step: StepCallback | None = None,
-            should_stop: StopCheck | None = None) -> Image.Image:
+            should_stop: StopCheck | None = None, refine: Refine | None = None) -> Image.Image:
         """One image; in the grayscale branch `image` is already the luminance input (prompt_stage.colorize_input)."""
         grayscale = settings["control_type"] == GRAYSCALE
         control_image = control_image_for(image, settings["scale"], settings["process_size"], grayscale)
@@ -192,5 +195,7 @@ class PASDSampler:
             from .colorize import merge_chroma
 
             return Image.fromarray(merge_chroma(np.asarray(result), np.asarray(image)))
+        if refine is not None:  # drawing on the same generator, continuing its state
+            result = refine(result, prompt.prompt, generator, should_stop)
         result = color_fix(result, control_image, settings["color_fix"])
         return result.resize((image.width * settings["scale"], image.height * settings["scale"]), Image.BICUBIC)

@@ -169,6 +169,21 @@ def ensure_fp16_fix_vae(models_dir: str | Path) -> Path:
     return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1])
 
 
+# The SDXL refiner of test_pasd_sdxl.py --use_refiner (its --pretrained_refiner_path), the parts diffusers'
+# StableDiffusionXLImg2ImgPipeline loads (it has no first text encoder), as full-precision safetensors; the official
+# script loads the fp16 variant instead, which engine/refiner.py also takes when a folder holds only that.
+REFINER_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder_2/config.json",
+                 "text_encoder_2/model.safetensors", *(f"tokenizer_2/{name}" for name in _TOKENIZER),
+                 "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                 "vae/diffusion_pytorch_model.safetensors")
+REFINER = HubFiles("stabilityai/stable-diffusion-xl-refiner-1.0", "", REFINER_FILES, "the SDXL 1.0 refiner")
+
+
+def ensure_refiner(models_dir: str | Path) -> Path:
+    """The SDXL refiner as a diffusers folder in `models_dir` (ComfyUI's models/diffusers), downloaded if absent."""
+    return ensure_files(REFINER, Path(models_dir) / REFINER.repo_id.split("/")[1])
+
+
 # The LoRA of the official LCM fast mode (test_pasd.py --use_lcm_lora; SD1.5 only), into ComfyUI's models/loras.
 LCM_LORA = HubFiles("latent-consistency/lcm-lora-sdv1-5", "", ("pytorch_lora_weights.safetensors",),
                     "the SD1.5 LCM-LoRA")
