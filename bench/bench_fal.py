@@ -27,7 +27,7 @@ add_project_to_path()
 
 from fal_stub import FalStub, Job, wait_until  # noqa: E402
 
-from pasd_core.fal import FalQueueClient, RetryPolicy, png_bytes  # noqa: E402
+from pasd_core.fal import FalQueueClient, RetryPolicy, png_bytes, upscale_batch  # noqa: E402
 
 KEY = "bench-key"
 
@@ -53,7 +53,7 @@ def overhead(sizes: list[int], repeats: int) -> None:
             with FalStub(key=KEY, plan=lambda i, im, body: Job(queue_positions=(), progress_polls=0)) as stub:
                 fal = client(stub, poll_interval=0.01)
                 started = time.perf_counter()
-                fal.upscale_batch([image], {"scale": 2})
+                upscale_batch(fal, [image], {"scale": 2})
                 wall = time.perf_counter() - started
                 wait_until(lambda stub=stub: stub.answered == len(stub.recorded))
                 samples.append((wall, stub.service_seconds, len(stub.recorded)))
@@ -74,7 +74,7 @@ def concurrency(batch: int, run_seconds: float, poll: float) -> None:
         with FalStub(key=KEY, plan=lambda i, im, body: Job(queue_positions=(0,), progress_polls=0,
                                                            run_seconds=run_seconds)) as stub:
             started = time.perf_counter()
-            client(stub, poll_interval=poll, max_in_flight=in_flight).upscale_batch(images, {"scale": 2})
+            upscale_batch(client(stub, poll_interval=poll, max_in_flight=in_flight), images, {"scale": 2})
             wall = time.perf_counter() - started
         ideal = math.ceil(count / in_flight) * run_seconds
         if count == batch and in_flight == 1:

@@ -26,10 +26,10 @@ class PASDUpscaleFal(DeclaredNode):
         image = images.checked(image)
         check_input_size(image.shape[2], image.shape[1], "image")
         inputs = images.to_pil(image)
-        from ..pasd_core.fal import FalQueueClient
+        from ..pasd_core.fal import FalQueueClient, upscale_batch
 
         # one tick per status poll, whose number is not known in advance
         with host.cancellable() as should_stop, host.progress(None, "fal-ai/pasd") as tick:
-            outputs = FalQueueClient().upscale_batch(inputs, settings, on_log=host.log.info, on_progress=tick,
-                                                     should_stop=should_stop)
+            outputs = upscale_batch(FalQueueClient(), inputs, settings, on_log=host.log.info, on_progress=tick,
+                                    should_stop=should_stop)
         return (images.to_batch(outputs),)

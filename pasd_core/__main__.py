@@ -267,10 +267,10 @@ def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_remote(image: Any, settings: dict[str, Any]) -> Any:
-    from .fal import FalQueueClient
+    from .fal import FalQueueClient, upscale_batch
 
-    client = FalQueueClient()
-    return client.upscale_batch([image], settings, on_log=lambda line: print(f"fal: {line}", file=sys.stderr))[0]
+    return upscale_batch(FalQueueClient(), [image], settings,
+                         on_log=lambda line: print(f"fal: {line}", file=sys.stderr))[0]
 
 
 def _note(line: str) -> None:

@@ -15,7 +15,15 @@ from fal_stub import ALT_PREFIX, FAKE_KEY, SECRET_PART, Job, Reply, free_port, p
 from PIL import Image
 
 from pasd_core.errors import Interrupted
-from pasd_core.fal import FalError, FalQueueClient, RetryPolicy, estimated_cost_usd, find_fal_key, upscale_images
+from pasd_core.fal import (
+    FalError,
+    FalQueueClient,
+    RetryPolicy,
+    estimated_cost_usd,
+    find_fal_key,
+    upscale_batch,
+    upscale_images,
+)
 from pasd_core.fal.errors import field_name
 from pasd_core.fal.images import png_bytes, png_data_uri
 from pasd_core.fal.transport import Budget
@@ -34,7 +42,7 @@ def decode_data_uri(uri: str) -> Image.Image:
 
 def failure(client: FalQueueClient, images=None, settings=None, **callbacks) -> FalError:
     with pytest.raises(FalError) as caught:
-        client.upscale_batch(images or [picture()], settings or {}, **callbacks)
+        upscale_batch(client, images or [picture()], settings or {}, **callbacks)
     return caught.value
 
 
@@ -42,7 +50,7 @@ def failure(client: FalQueueClient, images=None, settings=None, **callbacks) -> 
 
 def test_submit_body_is_the_image_and_the_table_defaults(stub, client):
     source = picture(8, 6)
-    [result] = client().upscale_batch([source], {})
+    [result] = upscale_batch(client(), [source], {})
 
     [submit] = stub.calls("submit")
     body = submit.json()
@@ -59,7 +67,7 @@ def test_submit_body_is_the_image_and_the_table_defaults(stub, client):
 def test_submit_body_carries_overrides_with_the_table_types(stub, client):
     settings = {"scale": 4, "steps": "30", "guidance_scale": 5, "conditioning_scale": 0.7, "prompt": "a red fox",
                 "negative_prompt": "cartoon"}
-    [result] = client().upscale_batch([picture(5, 3)], settings)
+    [result] = upscale_batch(client(), [picture(5, 3)], settings)
 
     body = stub.calls("submit")[0].json()
     assert {k: body[k] for k in settings} == {"scale": 4, "steps": 30, "guidance_scale": 5.0,
@@ -72,12 +80,12 @@ def test_submit_body_carries_overrides_with_the_table_types(stub, client):
 @pytest.mark.parametrize("settings", [{"scale": 9}, {"steps": 5}, {"seed": 3}, {"color_fix": "none"}])
 def test_invalid_or_local_only_settings_fail_before_any_request(stub, client, settings):
     with pytest.raises(ParamError, match=next(iter(settings))):
-        client().upscale_batch([picture()], settings)
+        upscale_batch(client(), [picture()], settings)
     assert stub.recorded == []
 
 
 def test_an_empty_batch_sends_nothing_and_needs_no_key(client):
-    assert client().upscale_batch([], {}) == []
+    assert upscale_batch(client(), [], {}) == []
 
 
 # -- the key -------------------------------------------------------------------------------------
@@ -120,13 +128,13 @@ def test_the_key_never_leaks_into_errors_logs_or_output(stub, client, capsys, ca
     for route, reply in scenarios:
         stub.push(route, reply, times=4)
         try:  # two images, one at a time: the first fails, and the batch error wraps its message
-            client(max_in_flight=1).upscale_batch([picture(), picture(4, 4)], {}, on_log=messages.append)
+            upscale_batch(client(max_in_flight=1), [picture(), picture(4, 4)], {}, on_log=messages.append)
         except FalError as exc:
             errors.append(exc)
         stub.clear_replies()
     closed = client(queue_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(FalError) as caught:
-        closed.upscale_batch([picture()], {})
+        upscale_batch(closed, [picture()], {})
     errors.append(caught.value)
     assert len(errors) == len(scenarios) + 1
 
@@ -138,7 +146,7 @@ def test_the_key_never_leaks_into_errors_logs_or_output(stub, client, capsys, ca
 
 
 def test_results_are_downloaded_without_the_key(stub, client):
-    client().upscale_batch([picture()], {})
+    upscale_batch(client(), [picture()], {})
     [download] = stub.calls("file")
     assert "authorization" not in download.headers
 
@@ -149,7 +157,7 @@ def test_polls_with_logs_and_reports_each_log_line_once(stub, client):
     stub.plan = lambda index, image, body: Job(queue_positions=(2, 1, 0), progress_polls=3)
     messages: list[str] = []
     ticks: list[int] = []
-    client().upscale_batch([picture()], {}, on_log=messages.append, on_progress=lambda: ticks.append(1))
+    upscale_batch(client(), [picture()], {}, on_log=messages.append, on_progress=lambda: ticks.append(1))
 
     polls = stub.calls("status")
     assert len(polls) == 7 and all(p.query == {"logs": ["1"]} for p in polls)
@@ -162,7 +170,7 @@ def test_polls_with_logs_and_reports_each_log_line_once(stub, client):
 
 def test_uses_the_urls_fal_answers_and_builds_them_when_absent(stub, client):
     stub.plan = lambda index, image, body: Job(url_prefix=ALT_PREFIX) if index == 0 else Job(bare_submit=True)
-    client(max_in_flight=1).upscale_batch([picture(), picture()], {})
+    upscale_batch(client(max_in_flight=1), [picture(), picture()], {})
 
     first, second = stub.requests  # in submit order
     paths = [r.path for r in stub.recorded]
@@ -173,13 +181,13 @@ def test_uses_the_urls_fal_answers_and_builds_them_when_absent(stub, client):
 
 def test_a_data_uri_result_is_decoded_without_a_download(stub, client):
     stub.plan = lambda index, image, body: Job(data_uri=True)
-    [result] = client().upscale_batch([picture(3, 2)], {"scale": 3})
+    [result] = upscale_batch(client(), [picture(3, 2)], {"scale": 3})
     assert result.size == (9, 6) and stub.calls("file") == []
 
 
 def test_large_images_go_through_fal_storage(stub, client):
     source = picture(9, 7)
-    [result] = client(upload_threshold=10).upscale_batch([source], {})
+    [result] = upscale_batch(client(upload_threshold=10), [source], {})
 
     [initiate] = stub.calls("initiate")
     assert initiate.headers["authorization"] == f"Key {FAKE_KEY}"
@@ -206,7 +214,7 @@ def test_one_request_by_hand_through_its_handle(stub, client):
 
 
 def test_cancel_of_a_finished_request_is_harmless(stub, client):
-    client().upscale_batch([picture()], {})
+    upscale_batch(client(), [picture()], {})
     request_id = next(iter(stub.requests))
     client().handle(request_id, key=FAKE_KEY).cancel()
     assert stub.calls("cancel")[0].method == "PUT"  # fal answered 400 ALREADY_COMPLETED; nothing raised
@@ -216,14 +224,14 @@ def test_cancel_of_a_finished_request_is_harmless(stub, client):
 
 def test_429_is_retried_after_the_retry_after_seconds(stub, client, delays):
     stub.push("submit", Reply(429, {"detail": "Too many requests"}, {"Retry-After": "3"}), times=2)
-    [result] = client().upscale_batch([picture()], {})
+    [result] = upscale_batch(client(), [picture()], {})
     assert len(stub.calls("submit")) == 3 and delays == [3.0, 3.0]
     assert result.size == (16, 12)
 
 
 def test_5xx_and_connection_drops_are_retried_with_exponential_backoff(stub, client, delays):
     stub.push("status", Reply(503, "upstream unavailable"), Reply(500, {"detail": "oops"}), Reply(502, ""))
-    client().upscale_batch([picture()], {})
+    upscale_batch(client(), [picture()], {})
     assert delays == [0.01, 0.02, 0.04]
 
 
@@ -366,7 +374,7 @@ def test_a_slow_server_ends_in_a_timeout(stub, client):
 def test_batch_results_keep_input_order_when_fal_finishes_out_of_order(stub, client):
     widths = [4, 5, 6, 7, 8]
     stub.plan = lambda index, image, body: Job(queue_positions=(), progress_polls=3 * (9 - image.width))
-    results = client(max_in_flight=5).upscale_batch([picture(w, 3) for w in widths], {"scale": 2})
+    results = upscale_batch(client(max_in_flight=5), [picture(w, 3) for w in widths], {"scale": 2})
 
     assert [r.size for r in results] == [(2 * w, 6) for w in widths]
     finished = [stub.requests[r.path.split("/")[-1].removesuffix(".png")].image.width for r in stub.calls("file")]
@@ -375,7 +383,7 @@ def test_batch_results_keep_input_order_when_fal_finishes_out_of_order(stub, cli
 
 def test_max_in_flight_bounds_the_requests_running_at_once(stub, client):
     stub.plan = lambda index, image, body: Job(queue_positions=(0,), progress_polls=2)
-    client(max_in_flight=2).upscale_batch([picture() for _ in range(5)], {})
+    upscale_batch(client(max_in_flight=2), [picture() for _ in range(5)], {})
 
     running = peak = 0  # submitted and not yet downloaded, in the order the stub saw the calls
     for record in stub.recorded:
@@ -403,7 +411,7 @@ def test_should_stop_cancels_every_request_in_flight(stub, client):
     stub.plan = lambda index, image, body: Job(queue_positions=(3, 2), progress_polls=1000)
     ticks: list[int] = []
     with pytest.raises(Interrupted):
-        client(max_in_flight=3).upscale_batch([picture() for _ in range(5)], {}, on_progress=lambda: ticks.append(1),
+        upscale_batch(client(max_in_flight=3), [picture() for _ in range(5)], {}, on_progress=lambda: ticks.append(1),
                                               should_stop=lambda: len(ticks) >= 9)
     assert len(stub.requests) == 3  # the two waiting for a slot were never sent
     assert sorted(stub.cancelled) == sorted(stub.requests) and stub.calls("result") == []
@@ -416,7 +424,7 @@ def test_an_exception_in_a_callback_still_cancels_the_requests(stub, client):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        client(max_in_flight=2).upscale_batch([picture(), picture()], {}, on_progress=interrupt)
+        upscale_batch(client(max_in_flight=2), [picture(), picture()], {}, on_progress=interrupt)
     assert stub.requests and sorted(stub.cancelled) == sorted(stub.requests)
 
 
@@ -433,5 +441,5 @@ def test_estimated_cost_is_per_output_megapixel():
 
 def test_worker_threads_are_gone_after_a_batch(stub, client):
     before = threading.active_count()
-    client().upscale_batch([picture(), picture()], {})
+    upscale_batch(client(), [picture(), picture()], {})
     assert wait_until(lambda: threading.active_count() <= before)

@@ -20,7 +20,7 @@ import pytest
 from fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 from pasd_core.errors import Interrupted
-from pasd_core.fal import FalError, FalQueueClient
+from pasd_core.fal import FalError, FalQueueClient, upscale_batch
 
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")
@@ -35,7 +35,7 @@ def elsewhere():
 
 def failure(client: FalQueueClient, **callbacks) -> FalError:
     with pytest.raises(FalError) as caught:
-        client.upscale_batch([picture()], {}, **callbacks)
+        upscale_batch(client, [picture()], {}, **callbacks)
     return caught.value
 
 
@@ -86,7 +86,7 @@ def test_the_key_is_hidden_whatever_the_server_echoes(stub, client, capsys, capl
     ECHOES[echo](stub)
     lines: list[str] = []
     try:
-        client().upscale_batch([picture()], {}, on_log=lines.append)
+        upscale_batch(client(), [picture()], {}, on_log=lines.append)
         shown = ""
     except FalError as error:
         shown = "".join(traceback.format_exception(error)) + repr(error.args)
@@ -148,7 +148,7 @@ def test_a_redirect_is_not_followed_with_the_key(stub, client, elsewhere):
 
 
 def test_result_files_and_signed_uploads_get_no_key(stub, client):
-    client(upload_threshold=10).upscale_batch([picture()], {})
+    upscale_batch(client(upload_threshold=10), [picture()], {})
     assert [r.route for r in stub.recorded if "authorization" not in r.headers] == ["upload", "file"]
 
 
@@ -200,7 +200,7 @@ def test_stopping_ends_a_batch_stuck_in_slow_answers_within_a_second(stub, clien
     stub.push("status", Reply(200, SLOW_STATUS, trickle=0.05), times=3)
     started = time.monotonic()
     with pytest.raises(Interrupted):
-        client(max_in_flight=3, timeout=60).upscale_batch(
+        upscale_batch(client(max_in_flight=3, timeout=60),
             [picture() for _ in range(3)], {}, should_stop=lambda: time.monotonic() - started > 0.3)
     assert time.monotonic() - started < 1.5
     assert len(stub.requests) == 3 and sorted(stub.cancelled) == sorted(stub.requests)
@@ -216,7 +216,7 @@ def test_ctrl_c_in_a_callback_ends_a_slow_batch_within_a_second(stub, client):
         return False
 
     with pytest.raises(KeyboardInterrupt):
-        client(max_in_flight=2, timeout=60).upscale_batch([picture(), picture()], {},
+        upscale_batch(client(max_in_flight=2, timeout=60), [picture(), picture()], {},
                                                           should_stop=ctrl_c_after_a_moment)
     assert time.monotonic() - started < 1.5
     assert sorted(stub.cancelled) == sorted(stub.requests)
@@ -226,7 +226,7 @@ def test_a_submit_answered_just_after_a_stop_is_still_cancelled(stub, client):
     stub.plan = lambda index, image, body: Job(submit_delay=0.6)
     started = time.monotonic()
     with pytest.raises(Interrupted):
-        client().upscale_batch([picture()], {}, should_stop=lambda: time.monotonic() - started > 0.2)
+        upscale_batch(client(), [picture()], {}, should_stop=lambda: time.monotonic() - started > 0.2)
     assert len(stub.requests) == 1 and stub.cancelled == list(stub.requests) and stub.calls("status") == []
 
 
@@ -280,7 +280,7 @@ def test_a_submit_that_timed_out_waiting_for_its_answer_is_not_sent_again(stub, 
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_a_submit_refused_by_fals_edge_proxy_is_sent_again(stub, client, delays, status):
     stub.push("submit", Reply(status, "<html>nginx</html>"), times=2)
-    [result] = client().upscale_batch([picture()], {})
+    [result] = upscale_batch(client(), [picture()], {})
     assert result.size == (16, 12) and len(stub.calls("submit")) == 3 and len(delays) == 2
     assert len(stub.requests) == 1
 
@@ -288,5 +288,5 @@ def test_a_submit_refused_by_fals_edge_proxy_is_sent_again(stub, client, delays,
 def test_reads_are_retried_after_a_dropped_connection(stub, client, delays):
     stub.push("status", Reply(drop=True), Reply(500, "oops"))
     stub.push("file", Reply(drop=True))
-    [result] = client().upscale_batch([picture()], {})
+    [result] = upscale_batch(client(), [picture()], {})
     assert result.size == (16, 12) and len(delays) == 3

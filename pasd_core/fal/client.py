@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,14 +142,6 @@ class FalQueueClient:
     def resolve_key(self) -> str:
         """The key given to this client, checked, else the one found in the environment (key.py)."""
         return check_key(self._key.strip(), "the key argument") if self._key else find_fal_key()
-
-    def upscale_batch(self, images: Sequence[Image.Image], settings: Mapping[str, Any], *,
-                      on_log: Callable[[str], None] | None = None, on_progress: Callable[[], None] | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
-        """Upscale every image, in input order, `max_in_flight` at a time: see `batch.upscale_batch`."""
-        from .batch import upscale_batch  # batch.py builds on this module; imported here to keep that one way
-
-        return upscale_batch(self, images, settings, on_log=on_log, on_progress=on_progress, should_stop=should_stop)
 
     # -- one request ----------------------------------------------------------------------------
 
