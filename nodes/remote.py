@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..pasd_core import params as table
-from ..pasd_core.engine.work_limits import check_input_size
+from ..pasd_core.image_limits import check_input_size
 from . import host, images
 from .inputs import DeclaredNode, Input, declare, socket
 

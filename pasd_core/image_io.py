@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .engine.work_limits import check_input_size, input_too_large, megapixels
 from .errors import InputImageError
+from .image_limits import check_input_size, input_too_large, megapixels
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's "I" is how 16-bit files used to decode
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")

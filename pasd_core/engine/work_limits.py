@@ -1,8 +1,8 @@
 """The work a run plans, computed from sizes and settings alone, and the caps that refuse it up front.
 
-A 1×4096 strip enlarged to process_size plans a gigapixel control image; tiny latent tiles on a large
-image plan hundreds of thousands of UNet calls. Both are refused before any model loads or any pixel
-is resized, with a message that says what is too big and how to fix it.
+A 1×4096 strip enlarged to process_size plans a gigapixel control image (image_limits.py holds that cap);
+tiny latent tiles on a large image plan hundreds of thousands of UNet calls. Both are refused before any
+model loads or any pixel is resized, with a message that says what is too big and how to fix it.
 """
 
 from __future__ import annotations
@@ -12,37 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputImageError
+from ..image_limits import MAX_CONTROL_PIXELS, describe_limit, megapixels
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
-# 8192² px: a 4096² input at ×2 still runs (16 latent tiles); beyond it the control image alone takes
-# gigabytes as float tensors, and the official resize rules would happily plan gigapixels.
-MAX_CONTROL_PIXELS = 8192 * 8192
 # Each call is one UNet + ControlNet pass (tens of ms on a fast GPU): 20000 is hours of sampling. Past
 # it a run is a mistake (tiny latent tiles on a large image), not a job worth starting.
 MAX_DENOISING_CALLS = 20_000
-# A larger input would plan a control image over MAX_CONTROL_PIXELS even at scale 1, so it could never
-# run; refusing it from a file's header also keeps a tiny file that claims a huge size from being decoded.
-MAX_INPUT_PIXELS = MAX_CONTROL_PIXELS
-
-
-def megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f}"
-
-
-def _limit(pixels: int) -> str:
-    side = math.isqrt(pixels)
-    return f"{megapixels(pixels)} megapixels ({side}×{side})"
-
-
-def check_input_size(width: int, height: int, what: str) -> None:
-    """Refuse an input of more than MAX_INPUT_PIXELS before it is decoded or converted."""
-    if width * height > MAX_INPUT_PIXELS:
-        raise InputImageError(input_too_large(what, f"{width}×{height} ({megapixels(width * height)} megapixels)"))
-
-
-def input_too_large(what: str, size: str) -> str:
-    return (f"{what} is {size}; the limit is {_limit(MAX_INPUT_PIXELS)}. PASD expects a "
-            "low-resolution input: downscale or crop it first, or split it into parts.")
 
 
 def enlarged_size(width: int, height: int, process_size: int) -> tuple[int, int]:
@@ -116,7 +91,7 @@ def check_planned_work(width: int, height: int, settings: Mapping[str, Any]) -> 
     if pixels > MAX_CONTROL_PIXELS:
         raise InputImageError(
             f"{what} with process_size {process_size} plans a {control_width}×{control_height} control image "
-            f"({megapixels(pixels)} megapixels); the limit is {_limit(MAX_CONTROL_PIXELS)}: lower scale or "
+            f"({megapixels(pixels)} megapixels); the limit is {describe_limit(MAX_CONTROL_PIXELS)}: lower scale or "
             "process_size, crop the image (a long, thin image is enlarged until its short side reaches "
             "process_size), or split it into parts.")
     size, tiles = latent_tiling(width, height, settings)
