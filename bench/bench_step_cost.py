@@ -40,9 +40,9 @@ from PIL import Image
 add_project_to_path()
 
 from pasd_core.engine import sampler as sampler_module  # noqa: E402
+from pasd_core.engine.components import SamplerModels  # noqa: E402
 from pasd_core.engine.family import FAMILIES  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
-from pasd_core.engine.sampler import SamplerModels  # noqa: E402
 from pasd_core.model_family import LABELS, SD15, SDXL  # noqa: E402
 from pasd_core.models import PASDControlNet, PASDUNet  # noqa: E402
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR  # noqa: E402

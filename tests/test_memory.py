@@ -7,7 +7,7 @@ from PIL import Image
 
 from pasd_core.engine import memory
 from pasd_core.engine import pipeline as pipeline_module
-from pasd_core.engine.sampler import OFFICIAL_VAE_TILES
+from pasd_core.engine.family import OFFICIAL_VAE_TILES
 
 
 def test_cpu_keeps_the_official_vae_tiles():

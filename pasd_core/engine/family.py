@@ -20,7 +20,7 @@ from ..weights.reader import read_config
 
 if TYPE_CHECKING:
     from ..weights.base_model import BaseModel
-    from .sampler import SamplerModels
+    from .components import SamplerModels
 
 
 @dataclass
@@ -171,3 +171,5 @@ class SDXLFamily:
 
 
 FAMILIES = {SD15: SD15Family(), SDXL: SDXLFamily()}
+# the SD1.5 family's VAE tile sizes (test_pasd.py's)
+OFFICIAL_VAE_TILES = SD15Family.vae_tiles

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampler import OFFICIAL_VAE_TILES
+from .family import OFFICIAL_VAE_TILES
 
 # SD's VAE decoder at full resolution keeps a few 128-channel maps alive, plus lower-resolution ones. Measured on
 # an H200 (tests/test_gpu.py, 2026-11-26): an untiled 2048² SDXL decode in bf16 added 1,223 values per output pixel

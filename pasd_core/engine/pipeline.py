@@ -17,10 +17,11 @@ from PIL import Image
 from ..image_io import as_rgb
 from ..params import SAMPLER_PARAMS, ParamError, for_family, validate
 from . import memory
+from .components import SamplerModels, StepCallback, StopCheck
 from .family import FAMILIES
 from .prompt_stage import GRAYSCALE, REALISR, PromptStage, RunPrompt, colorize_input
 from .refiner import Refiner, check_refiner
-from .sampler import PASDSampler, SamplerModels, StepCallback, StopCheck
+from .sampler import PASDSampler
 from .work_limits import check_planned_work
 
 logger = logging.getLogger(__name__)

@@ -11,24 +11,18 @@ embeddings per run, the ControlNet condition embedding per image (per tile when 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import Interrupted
-from ..model_family import SD15
 from .color import color_fix
-from .family import FAMILIES, TextConditioning
+from .components import Refine, SamplerModels, StepCallback, StopCheck
+from .family import TextConditioning
 from .prompt_stage import GRAYSCALE, RunPrompt
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
 from .work_limits import LATENT_FACTOR, colorize_size, denoising_calls, enlarged_size, latent_multiple
-
-# the SD1.5 family's VAE tile sizes (test_pasd.py's), the default of a SamplerModels
-OFFICIAL_VAE_TILES = FAMILIES[SD15].vae_tiles
 
 
 def control_image_for(image: Image.Image, scale: int, process_size: int, grayscale: bool = False) -> Image.Image:
@@ -42,29 +36,6 @@ def control_image_for(image: Image.Image, scale: int, process_size: int, graysca
         if enlarged_size(*image.size, process_size) != image.size:
             image = image.resize(enlarged_size(*image.size, process_size), Image.BILINEAR)
     return image.resize(latent_multiple(*image.size), Image.BICUBIC)
-
-
-@dataclass
-class SamplerModels:
-    tokenizer: Any
-    text_encoder: Any
-    vae: Any
-    unet: Any
-    controlnet: Any
-    scheduler: Any
-    device: torch.device
-    dtype: torch.dtype
-    vae_tiles: tuple[int, int] = OFFICIAL_VAE_TILES  # (encode, decode) tile sides in pixels
-    family: Any = FAMILIES[SD15]  # family.SD15Family or family.SDXLFamily
-    tokenizer_2: Any = None  # SDXL's second text encoder
-    text_encoder_2: Any = None
-
-
-StepCallback = Callable[[], None]
-StopCheck = Callable[[], bool]
-# (image, prompt, the run's generator, should_stop) -> image: the SDXL refiner pass (refiner.py) between decode and
-# colour fix; departs from the official code, which crashes there
-Refine = Callable[[Image.Image, str, torch.Generator, StopCheck | None], Image.Image]
 
 
 class PASDSampler:
