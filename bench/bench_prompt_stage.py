@@ -33,10 +33,14 @@ from bench_step_cost import test_image  # noqa: E402
 from medium_checkpoint import build_medium  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from pasd_core.engine import caption_search  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
-from pasd_core.weights.captioners import CAPTIONER_WEIGHTS, load_captioner, load_classifier  # noqa: E402
-from pasd_core.weights.prompt_folders import OFFICIAL_CAPTIONER, write_captioner_config  # noqa: E402
+from pasd_core.prompt import search as caption_search  # noqa: E402
+from pasd_core.prompt.folders import (  # noqa: E402
+    CAPTIONER_WEIGHTS,
+    write_captioner_config,
+)
+from pasd_core.prompt.models import load_captioner, load_classifier  # noqa: E402
+from pasd_core.prompt.open_clip_coca import OFFICIAL_CAPTIONER  # noqa: E402
 from tools.prompt_models import write_classifier_folder  # noqa: E402
 
 PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
@@ -124,12 +128,12 @@ def main() -> None:
         classifier = load_classifier(write_classifier_folder(str(Path(work) / "resnet50")))
         _, classify_seconds = timed(classifier.classify, image)
 
-    ended = tokens[-1] == caption_search.EOS_TOKEN
+    ended = tokens[-1] == caption_search.SearchSettings().eos
     print_table("Time added to one run (seconds)", ["what", "wall s", "x PASD run", "note"], [
         ["PASD run (upscale, high_level_info none)", f"{run_seconds:.1f}", "1.00", f"medium PASD, {args.steps} steps"],
         [f"caption ({OFFICIAL_CAPTIONER}, {coca} parameters)", f"{caption_seconds:.1f}",
          f"{caption_seconds / run_seconds:.2f}",
-         f"{len(tokens)} of {caption_search.SEQ_LEN} tokens (with <start_of_text>"
+         f"{len(tokens)} of {caption_search.SearchSettings().seq_len} tokens (with <start_of_text>"
          f"{', <end_of_text>)' if ended else '); no <end_of_text>: the full search'}"],
         [f"classification (ResNet-50, {parameters(classifier.model)} parameters)", f"{classify_seconds:.2f}",
          f"{classify_seconds / run_seconds:.3f}", "top class of 1000"]])

@@ -1,7 +1,8 @@
 """The ComfyUI nodes of ComfyUI-PASD (classic node API)."""
 
 from . import host
-from .local import PASDColorFix, PASDModelLoader, PASDUpscale
+from .color_fix import PASDColorFix
+from .exact import PASDModelLoader, PASDUpscale
 from .native import PASDAdapterLoader, PASDApply
 from .prompt import PASDPrompt
 from .remote import PASDUpscaleFal

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ..pasd_core.errors import Interrupted, ModelError, ModelNotFoundError
 from ..pasd_core.params import ParamError
-from ..pasd_core.weights.download import PROMPT_FOLDER  # models/pasd_prompt: captioner and classifier folders
+from ..pasd_core.prompt.folders import PROMPT_FOLDER  # models/pasd_prompt: captioner and classifier folders
 
 log = logging.getLogger("ComfyUI-PASD")
 
@@ -41,14 +41,13 @@ def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None
 
 
-def comfy_module(module: str, needed_by: str) -> ModuleType:
-    """ComfyUI's `module`, for code that only makes sense inside ComfyUI (the native adapter patches ComfyUI's own
-    MODEL); outside ComfyUI a clear error that names the alternative."""
-    found = _comfy(module)
-    if found is None:
-        raise ModelError(f"{needed_by} works only inside ComfyUI (ComfyUI's {module} could not be imported): outside "
-                         "ComfyUI use PASD Model Loader + PASD Upscale, or the command line (python -m pasd_core).")
-    return found
+def require_comfyui(needed_by: str) -> None:
+    """Nothing inside ComfyUI; outside it, for code that only makes sense there (the native adapter patches ComfyUI's
+    own MODEL), a clear error that names the alternative."""
+    if _comfy("comfy.model_patcher") is None:
+        raise ModelError(f"{needed_by} works only inside ComfyUI (ComfyUI's comfy.model_patcher could not be "
+                         "imported): outside ComfyUI use PASD Model Loader + PASD Upscale, or the command line "
+                         "(python -m pasd_core).")
 
 
 # --- models folders ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..pasd_core.errors import ModelNotFoundError
-from ..pasd_core.weights.prompt_folders import CAPTIONER_MARKERS, CLASSIFIER_MARKERS
+from ..pasd_core.prompt.folders import CAPTIONER, CLASSIFIER, PROMPT_FOLDER
 from . import host
+from .inputs import Input, combo
 
 NONE = "none"
 # The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
@@ -51,17 +52,17 @@ def vae_choices() -> list[str]:
 def captioner_choices() -> list[str]:
     """CoCa folders of models/pasd_prompt (open_clip_config.json), then none; the placeholder first when none is
     on disk, so a new node's default says what is missing (the official scripts caption by default)."""
-    return [*(host.model_dirs(host.PROMPT_FOLDER, CAPTIONER_MARKERS) or [NO_CAPTIONER]), NONE]
+    return [*(host.model_dirs(PROMPT_FOLDER, CAPTIONER.markers) or [NO_CAPTIONER]), NONE]
 
 
 def classifier_choices() -> list[str]:
     """none, then the ResNet-50 folders of models/pasd_prompt (model.safetensors + categories.txt)."""
-    return [NONE, *host.model_dirs(host.PROMPT_FOLDER, CLASSIFIER_MARKERS)]
+    return [NONE, *host.model_dirs(PROMPT_FOLDER, CLASSIFIER.markers)]
 
 
 def prompt_model_path(choice: str, input_name: str) -> str | None:
     """The folder of a caption_model / classifier_model choice, or None for none."""
-    return None if choice == NONE else host.model_path(host.PROMPT_FOLDER, choice, folder=True, input_name=input_name)
+    return None if choice == NONE else host.model_path(PROMPT_FOLDER, choice, folder=True, input_name=input_name)
 
 
 def optional_choices(kind: str) -> list[str]:
@@ -126,16 +127,32 @@ def missing_file(input_name: str, kind: str, name: str) -> str:
 
 def missing_prompt_model(input_name: str, name: str) -> str:
     """caption_model / classifier_model `name` is not on disk: its folder, its link and the download command."""
-    from ..pasd_core.weights.download import CAPTIONER, CAPTIONER_NAME, CLASSIFIER, CLASSIFIER_NAME
+    kind = CAPTIONER if input_name == CAPTIONER.node_input else CLASSIFIER
+    return (f"{input_name} {name!r} is not in {_where(PROMPT_FOLDER)}, where {kind.source.what} goes as a folder "
+            f"({kind.folder_name}/ with {' and '.join(kind.markers)}). Get it from {kind.url}, or run: "
+            f"{download_command('sd15', extra=kind.download_flag)} (it also checks the PASD-SD1.5 weights); then "
+            f"press R in ComfyUI. Or pick {NONE} here and set high_level_info to something else than {kind.mode}.")
 
-    caption = input_name == "caption_model"
-    source, default, flag, markers = ((CAPTIONER, CAPTIONER_NAME, "--captioner", CAPTIONER_MARKERS) if caption else
-                                      (CLASSIFIER, CLASSIFIER_NAME, "--classifier", CLASSIFIER_MARKERS))
-    mode = "caption" if caption else "classification"
-    return (f"{input_name} {name!r} is not in {_where(host.PROMPT_FOLDER)}, where {source.what} goes as a folder "
-            f"({default}/ with {' and '.join(markers)}). Get it from https://huggingface.co/{source.repo_id}, or run: "
-            f"{download_command('sd15', extra=flag)} (it also checks the PASD-SD1.5 weights); then press R in "
-            f"ComfyUI. Or pick {NONE} here and set high_level_info to something else than {mode}.")
+
+def prompt_model_inputs(optional: bool = True) -> list[Input]:
+    """The prompt stage's model dropdowns (models/pasd_prompt), shared by the loader and PASD Prompt."""
+    return [
+        combo(CAPTIONER.node_input, captioner_choices(),
+              "CoCa captioner folder from models/pasd_prompt, for high_level_info caption (the official default: the "
+              f"caption leads the prompt). None yet? {CAPTIONER.download_command} --models-dir <ComfyUI>/models, "
+              "then press R; none loads no captioner.", optional=optional),
+        combo(CLASSIFIER.node_input, classifier_choices(),
+              "ResNet-50 classifier folder from models/pasd_prompt, for high_level_info classification "
+              f"({CLASSIFIER.download_command}); none loads no classifier.", optional=optional),
+    ]
+
+
+def missing_prompt_models(caption_model: str, classifier_model: str) -> list[str | None]:
+    """Why each prompt-model choice cannot be used (not on disk, or the no-captioner placeholder), or None."""
+    return [None if caption_model in captioner_choices() and caption_model != NO_CAPTIONER else
+            missing_prompt_model(CAPTIONER.node_input, caption_model),
+            None if classifier_model in classifier_choices() else
+            missing_prompt_model(CLASSIFIER.node_input, classifier_model)]
 
 
 class ModelsMissing(ModelNotFoundError):
@@ -154,3 +171,5 @@ def refuse(problems: Iterable[str | None]) -> bool:
     if found:
         raise ModelsMissing(" ".join(found))
     return True
+
+

@@ -6,14 +6,14 @@ from typing import Any
 
 from ..pasd_core import params as table
 from ..pasd_core.model_family import LABELS, SD15, SDXL
+from ..pasd_core.prompt.folders import CAPTIONER, CLASSIFIER, KINDS
+from ..pasd_core.prompt.stage import PromptSettings, PromptStage
 from . import host, images
 from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, socket
-from .local import missing_prompt_models, prompt_model_inputs
-from .model_choices import NONE
+from .model_choices import NONE, missing_prompt_models, prompt_model_inputs
 
 PROMPT_PARAMS = ("prompt", "high_level_info", "added_prompt")
-KINDS = {"caption": "caption_model", "classification": "classifier_model"}  # high_level_info -> the model it needs
 
 
 class PASDPrompt(DeclaredNode):
@@ -30,7 +30,7 @@ class PASDPrompt(DeclaredNode):
     SEARCH_ALIASES = (*DeclaredNode.SEARCH_ALIASES, "caption", "coca", "prompt", "interrogate")
 
     def __init__(self) -> None:
-        self._models: dict[str, tuple[str, Any]] = {}  # input name -> (folder, loaded model), kept between runs
+        self._loaded: tuple[tuple[str | None, str | None], Any] | None = None  # (folders, PromptStage) of the last run
 
     @classmethod
     def inputs(cls) -> list[Input]:
@@ -54,10 +54,10 @@ class PASDPrompt(DeclaredNode):
         except table.ParamError as error:
             problems.append(str(error))
         else:
-            needed = KINDS.get(high_level_info)
-            chosen = {"caption_model": caption_model, "classifier_model": classifier_model}.get(needed)
-            if needed and chosen == NONE and not any(problems):
-                problems.append(f"high_level_info={high_level_info!r} needs {needed}, which is {NONE}: pick "
+            kind = KINDS.get(high_level_info)
+            chosen = {CAPTIONER.node_input: caption_model, CLASSIFIER.node_input: classifier_model}
+            if kind is not None and chosen[kind.node_input] == NONE and not any(problems):
+                problems.append(f"high_level_info={high_level_info!r} needs {kind.node_input}, which is {NONE}: pick "
                                 "one from the list, or set high_level_info to 'none' to keep your prompt only.")
         return choices.refuse(problems)
 
@@ -67,29 +67,21 @@ class PASDPrompt(DeclaredNode):
             raise table.ParamError(f"family={family!r} is not allowed: use {SD15!r} or {SDXL!r}.")
         text = table.validate(params, [table.BY_NAME[name] for name in PROMPT_PARAMS])
         settings = table.for_family({**text, "negative_prompt": table.BY_NAME["negative_prompt"].default}, family)
-        stage = self._stage(settings["high_level_info"], {"caption_model": caption_model,
-                                                          "classifier_model": classifier_model})
+        request = PromptSettings(settings["high_level_info"], settings["prompt"], settings["added_prompt"],
+                                 settings["negative_prompt"], family, table.REALISR)
+        stage = self._stage(request.high_level_info, caption_model, classifier_model)
         import torch
 
-        from ..pasd_core.engine.prompt_stage import REALISR
-
         device = torch.device(host.torch_device())
-        prompts = [stage.describe(picture, settings, family, REALISR, device)
-                   for picture in images.to_pil(images.checked(image))]
+        prompts = [stage.describe(picture, request, device) for picture in images.to_pil(images.checked(image))]
         return prompts[0].prompt, "\n".join(p.description for p in prompts)
 
-    def _stage(self, high_level_info: str, chosen: dict[str, str]) -> Any:
+    def _stage(self, high_level_info: str, caption_model: str, classifier_model: str) -> Any:
         """The prompt stage with the one model `high_level_info` needs, loaded once per folder on this node."""
-        from ..pasd_core.engine.prompt_stage import PromptStage
-
-        needed = KINDS.get(high_level_info)
-        if needed is not None and chosen[needed] != NONE:
-            folder = choices.prompt_model_path(chosen[needed], needed)
-            if self._models.get(needed, (None,))[0] != folder:
-                from ..pasd_core.weights.captioners import load_captioner, load_classifier
-
-                load = load_captioner if needed == "caption_model" else load_classifier
-                self._models[needed] = (folder, load(folder))
-        loaded = {name: self._models[name][1] for name in self._models if name == needed}
-        return PromptStage(loaded.get("caption_model"), loaded.get("classifier_model"), host.free_memory)
-
+        kind = KINDS.get(high_level_info)
+        chosen = {CAPTIONER: caption_model, CLASSIFIER: classifier_model}
+        folders = tuple(choices.prompt_model_path(chosen[each], each.node_input)
+                        if each is kind and chosen[each] != NONE else None for each in (CAPTIONER, CLASSIFIER))
+        if self._loaded is None or self._loaded[0] != folders:
+            self._loaded = (folders, PromptStage.load(*folders, make_room=host.free_memory))
+        return self._loaded[1]

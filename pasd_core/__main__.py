@@ -17,17 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine.work_limits import check_planned_work
 from .errors import InputImageError, Interrupted, PASDError
 from .model_family import SD15, SDXL
 from .params import (
     LOADER_PARAMS,
+    NO_DESCRIPTION,
     REMOTE_PARAMS,
     SAMPLER_PARAMS,
     SHARED,
     ParamError,
     add_cli_flags,
-    for_family,
     given_cli_values,
     lcm_summary,
     validate,
@@ -96,11 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from .prompt.folders import CAPTIONER, CLASSIFIER
     from .weights.download import (
         FAMILY_VARIANTS,
         ensure_base,
-        ensure_captioner,
-        ensure_classifier,
         ensure_fp16_fix_vae,
         ensure_lcm_lora,
         ensure_pasd_checkpoint,
@@ -128,10 +126,9 @@ def _download(args: argparse.Namespace) -> int:
         flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae"))]
     if args.lcm_lora:
         flags += ["--lcm-lora", str(ensure_lcm_lora(models / "loras"))]
-    if args.captioner:
-        flags += ["--caption-model", str(ensure_captioner(models))]
-    if args.classifier:
-        flags += ["--classifier-model", str(ensure_classifier(models))]
+    for kind, wanted in ((CAPTIONER, args.captioner), (CLASSIFIER, args.classifier)):
+        if wanted:
+            flags += [kind.cli_option, str(kind.ensure(models))]
     if args.refiner:
         flags += ["--refiner", str(ensure_refiner(models / "diffusers"))]
     print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
@@ -192,62 +189,64 @@ def write_image_atomically(image: Any, path: Path, fmt: str) -> None:
         raise
 
 
-def _local_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(sampler settings, loader settings) of a local run, checked before anything is loaded; `auto` defaults
-    resolved for the PASD checkpoint's family, read from its config alone; the prompt stage's model found."""
-    from .weights.pasd_folder import check_control_type, checkpoint_family
+def _local_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """(the run's plan, loader settings) of a local run, checked before anything is loaded: `auto` defaults resolved
+    for the PASD checkpoint's family, read from its config alone, and the checkpoint known to fit its task and its
+    optional parts."""
+    from .engine.plan import RunPlan, check_before_loading
 
     if not args.base_model or not args.pasd_model:
         raise InputImageError("local runs need --base-model (an SD1.5 or SDXL base: diffusers folder or .safetensors) "
                               "and --pasd-model (PASD checkpoint folder); or use --remote fal.")
-    family = checkpoint_family(args.pasd_model)
-    if args.refiner is not None:
-        from .engine.refiner import check_refiner
-
-        check_refiner(args.refiner, family)  # PASD-SDXL only, and a refiner folder
-    lcm = args.lcm_lora is not None
-    if lcm:
-        from .weights.lcm_lora import require_lcm_family
-
-        require_lcm_family(family, args.lcm_lora)
-    sampler = validate(given_cli_values(args, SAMPLER_PARAMS), SAMPLER_PARAMS, lcm=lcm)
     loader = validate(given_cli_values(args, LOADER_PARAMS), LOADER_PARAMS)
-    check_control_type(args.pasd_model, loader["control_type"])
-    return for_family(sampler, family), loader
+    family = check_before_loading(args.pasd_model, loader["control_type"], args.lcm_lora, args.refiner)
+    plan = RunPlan.build(given_cli_values(args, SAMPLER_PARAMS), family=family, lcm=args.lcm_lora is not None,
+                         control_type=loader["control_type"])
+    return plan, loader
 
 
 def _prompt_models(args: argparse.Namespace, high_level_info: str) -> tuple[str | None, str | None]:
     """(caption model, classifier model) folders the run needs: the one its high_level_info uses, checked now."""
-    from .weights.download import CAPTIONER_NAME, CLASSIFIER_NAME, default_prompt_model
-    from .weights.prompt_folders import check_prompt_model
+    from .prompt.folders import CAPTIONER, KINDS, check_prompt_model
 
-    wanted = {"caption": ("caption_model", CAPTIONER_NAME), "classification": ("classifier_model", CLASSIFIER_NAME)}
-    if high_level_info not in wanted:
+    kind = KINDS.get(high_level_info)
+    if kind is None:
         return None, None
-    name, default = wanted[high_level_info]
-    folder = getattr(args, name) or str(default_prompt_model("models", default))
-    check_prompt_model(folder, high_level_info, given=getattr(args, name) is not None)
-    return (folder, None) if high_level_info == "caption" else (None, folder)
+    given = getattr(args, kind.node_input)
+    folder = given or str(kind.default_folder("models"))
+    check_prompt_model(folder, high_level_info, given=given is not None)
+    return (folder, None) if kind is CAPTIONER else (None, folder)
 
 
-def _run_local(args: argparse.Namespace, image: Any, settings: dict[str, Any], loader: dict[str, Any]) -> Any:
+def _run_local(args: argparse.Namespace, image: Any, plan: Any, loader: dict[str, Any]) -> Any:
+    steps = plan.check_work(image.width, image.height)  # before anything loads
+    caption_model, classifier_model = _prompt_models(args, plan["high_level_info"])
     from tqdm import tqdm
 
     from .engine.pipeline import PASDPipeline
 
-    caption_model, classifier_model = _prompt_models(args, settings["high_level_info"])  # before anything loads
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
         lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, lcm_lora=args.lcm_lora,
         device=loader["device"], dtype=loader["dtype"], control_type=loader["control_type"],
         caption_model=caption_model, classifier_model=classifier_model, refiner=args.refiner,
     )
-    prompt = pipeline.describe(image, settings)
-    if settings["high_level_info"] != "none":
-        _note(f"{settings['high_level_info']}: {prompt.description!r}")
-    _note(f"prompt: {prompt.prompt!r}")
-    with tqdm(total=pipeline.count_steps(image.width, image.height, settings), desc="PASD", unit="step") as bar:
-        return pipeline.upscale(image, settings, prompt=prompt, on_step=bar.update)
+
+    bars: list[Any] = []  # the progress bar opens once the prompt is shown, so the notes come first
+
+    def show_prompt(prompts: list[Any]) -> None:
+        if plan["high_level_info"] != NO_DESCRIPTION:
+            _note(f"{plan['high_level_info']}: {prompts[0].description!r}")
+        _note(f"prompt: {prompts[0].prompt!r}")
+        bars.append(tqdm(total=steps, desc="PASD", unit="step"))
+
+    try:
+        outputs, _ = pipeline.upscale_batch([image], plan, before_sampling=show_prompt,
+                                            on_step=lambda: bars[0].update())
+    finally:
+        for bar in bars:
+            bar.close()
+    return outputs[0]
 
 
 def _remote_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,9 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.remote:
             result = _run_remote(image, _remote_settings(args))
         else:
-            settings, loader = _local_settings(args)
-            check_planned_work(image.width, image.height, {**settings, "control_type": loader["control_type"]})
-            result = _run_local(args, image, settings, loader)
+            result = _run_local(args, image, *_local_plan(args))
         write_image_atomically(result, output, fmt)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)

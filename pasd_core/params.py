@@ -19,6 +19,9 @@ from .model_family import LABELS, SD15, SDXL
 SHARED, LOCAL, LOADER = "shared", "local", "loader"
 # The value that stands for "the loaded model family's default" (see Param.auto): 0 for numbers, "auto" for text.
 AUTO = {int: 0, str: "auto"}
+# high_level_info: how the prompt starts (the official prompt stage); control_type: the task of the loaded model.
+CAPTION, CLASSIFICATION, NO_DESCRIPTION = "caption", "classification", "none"
+REALISR, GRAYSCALE = "realisr", "grayscale"
 
 
 class ParamError(PASDError, ValueError):
@@ -197,10 +200,10 @@ PARAMS: tuple[Param, ...] = (
           scope=LOCAL, choices=("wavelet", "adain", "none")),
     # The official scripts' prompt stage (--high_level_info, caption by default): fal-ai/pasd calls its prompt an
     # additional one, so it most likely captions too; locally it needs the captioner or classifier weights.
-    Param("high_level_info", str, "caption",
+    Param("high_level_info", str, CAPTION,
           "How the prompt starts, as the official PASD does: caption (a CoCa captioner describes the image; your "
           "prompt follows), classification (its ImageNet class when the classifier is at least 10% sure) or none "
-          "(your prompt only).", scope=LOCAL, choices=("caption", "classification", "none")),
+          "(your prompt only).", scope=LOCAL, choices=(CAPTION, CLASSIFICATION, NO_DESCRIPTION)),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
           choices=("auto", "cpu", "cuda", "mps")),
@@ -209,10 +212,10 @@ PARAMS: tuple[Param, ...] = (
           choices=("auto", "fp32", "fp16", "bf16")),
     # The official second task (--control_type grayscale): colorization with the pasd_color checkpoint, whose
     # folder brings its own zero-terminal-SNR scheduler; the output keeps the input's size and luminance.
-    Param("control_type", str, "realisr",
+    Param("control_type", str, REALISR,
           "Task: realisr (super-resolution and restoration) or grayscale (colorize a black-and-white photo; needs "
           "the PASD colour checkpoint, pasd_light_color, with its scheduler/ folder).", scope=LOADER,
-          choices=("realisr", "grayscale"), families=(SD15,)),
+          choices=(REALISR, GRAYSCALE), families=(SD15,)),
     Param("style_strength", float, 1.0,
           "How much of the personalized model replaces the PASD UNet's SD weights (1.0 = replace).",
           scope=LOADER, min=0.0, max=1.0, step=0.05),

@@ -86,7 +86,7 @@ def load_pack() -> Any:
 
 
 def pack_module(name: str) -> Any:
-    """A submodule of the pack, e.g. pack_module("nodes.local") or pack_module("pasd_core.errors")."""
+    """A submodule of the pack, e.g. pack_module("nodes.exact") or pack_module("pasd_core.errors")."""
     load_pack()
     return importlib.import_module(f"{PACK_NAME}.{name}")
 
@@ -221,19 +221,19 @@ class FakePromptStage:
 
     def needs(self, high_level_info: str) -> None:
         if high_level_info not in self.loaded:
-            pack_module("pasd_core.engine.prompt_stage").PromptStage().needs(high_level_info)
+            pack_module("pasd_core.prompt.stage").PromptStage().needs(high_level_info)
 
-    def describe(self, image: Any, settings: dict, family: str, control_type: str, device: Any) -> Any:
-        prompt_stage = pack_module("pasd_core.engine.prompt_stage")
+    def describe(self, image: Any, settings: Any, device: Any) -> Any:
         description = f"a fake caption of a {image.width}x{image.height} picture"
-        mode = settings["high_level_info"]
-        return prompt_stage.run_prompt(settings, control_type, description if mode != "none" else "",
-                                       1.0 if mode == "classification" else None)
+        mode = settings.high_level_info
+        return pack_module("pasd_core.prompt.stage").run_prompt(settings, description if mode != "none" else "",
+                                                                1.0 if mode == "classification" else None)
 
 
 class FakePipeline:
-    """Stands in for PASDPipeline: records settings, makes `steps` progress calls, honours should_stop; its prompt
-    stage describes each picture by its size (`loaded`: the high_level_info modes whose model it has)."""
+    """Stands in for PASDPipeline: plans as the real one does, records each image's settings, makes `steps` progress
+    calls per image, honours should_stop; its prompt stage describes each picture by its size (`loaded`: the
+    high_level_info modes whose model it has)."""
 
     def __init__(self, steps: int = 3, sizes: list[tuple[int, int]] | None = None,
                  loaded: tuple[str, ...] = ("caption", "classification", "none")) -> None:
@@ -247,7 +247,7 @@ class FakePipeline:
         self.lcm = False  # no LCM-LoRA: the normal steps and guidance ranges
         self.required = 123_456_789  # what memory_required() reports
         self.steps, self.sizes = steps, sizes
-        self.settings: list[dict] = []
+        self.settings: list[dict] = []  # the settings of each image upscaled
         self.events: list[str] = []
 
     def to(self, device):
@@ -260,14 +260,31 @@ class FakePipeline:
     def offload(self) -> None:
         self.events.append("offload")
 
-    def count_steps(self, width: int, height: int, settings: dict) -> int:
+    def plan(self, settings):
+        plans = pack_module("pasd_core.engine.plan")
+        if isinstance(settings, plans.RunPlan):
+            return settings
+        plan = plans.RunPlan.build(settings, family=self.family, lcm=self.lcm)
+        self.prompt_stage.needs(plan["high_level_info"])
+        return plan
+
+    def count_steps(self, width: int, height: int, plan) -> int:
         return self.steps
 
-    def describe(self, image, settings):
-        self.described.append(dict(settings))
-        return self.prompt_stage.describe(image, dict(settings), self.family, "realisr", self.device)
+    def describe(self, image, plan):
+        self.described.append(dict(plan))
+        return self.prompt_stage.describe(image, plan.prompt_settings, self.device)
 
-    def upscale(self, image, settings, *, prompt=None, on_step=None, should_stop=None):
+    def upscale_batch(self, images, plan, *, before_sampling=None, on_step=None, should_stop=None):
+        plan = self.plan(plan)
+        plans = [plan.for_image(index) for index in range(len(images))]
+        prompts = [self.describe(image, each) for image, each in zip(images, plans, strict=True)]
+        if before_sampling is not None:
+            before_sampling(prompts)
+        return [self._upscale(image, each, prompt, on_step, should_stop)
+                for image, each, prompt in zip(images, plans, prompts, strict=True)], prompts
+
+    def _upscale(self, image, settings, prompt, on_step, should_stop):
         self.prompts.append(prompt)
         self.settings.append(dict(settings))
         for _ in range(self.steps):

@@ -38,9 +38,9 @@ import comfy.utils  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding  # noqa: E402
 from comfy_fixtures import pack_module  # noqa: E402
 
-config_module = pack_module("nodes.native_config")
+config_module = pack_module("nodes.native.ldm")
 native = pack_module("nodes.native")
-patch_module = pack_module("nodes.native_patch")
+patch_module = pack_module("nodes.native.patch")
 load_pasd_checkpoint = pack_module("pasd_core.weights.pasd_folder").load_pasd_checkpoint
 SDXL = pack_module("pasd_core.model_family").SDXL
 
@@ -49,11 +49,12 @@ TIMESTEP, CFG, CONDITIONING_SCALE, SIZE = 500, 5.0, 0.6, 64
 
 def comfy_model(unet: torch.nn.Module, layout) -> comfy.model_patcher.ModelPatcher:
     """A ComfyUI model of the engine UNet's SD weights (its PACA weights are left out: they are the adapter's)."""
-    ldm = layout.ldm_unet_config()
+    ldm = config_module.ldm_unet_config(layout)
     kind = comfy.supported_models.SDXL if layout.family == SDXL else comfy.supported_models.SD15
     model_config = kind(ldm)
     model_config.unet_config = dict(ldm)  # no family defaults (SD15 would force 8 heads)
-    model_config.custom_operations = config_module.groups_ops(comfy.ops.disable_weight_init, layout.groups)
+    groups = config_module.norm_groups(layout)
+    model_config.custom_operations = config_module.groups_ops(comfy.ops.disable_weight_init, groups)
     model = model_config.get_model({})
     keys = comfy.utils.unet_to_diffusers(ldm)
     state = unet.state_dict()
@@ -130,7 +131,7 @@ def main() -> None:
     unet, controlnet = load_pasd_checkpoint(FOLDER)
     layout = config_module.PASDLayout(dict(unet.config))
     model = comfy_model(unet, layout)
-    adapter = pack_module("nodes.native_adapter").load_adapter(FOLDER)
+    adapter = pack_module("nodes.native.adapter").load_adapter(FOLDER)
     contexts = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)  # [negative, positive]
     added, y = sdxl_extras(unet, generator) if layout.family == SDXL else ({}, None)
     negative = [[contexts[:1], {} if y is None else {"test_y": y[:1]}]]
@@ -183,7 +184,7 @@ def refusals(patched, model, positive, negative, image, adapter, vae) -> dict[st
     attempts = {"applied_twice": lambda: native.PASDApply().apply(patched, positive, negative, vae, image, adapter,
                                                                   scale=1, conditioning_scale=0.5, process_size=64)}
     if OTHER_FAMILY is not None:
-        other = pack_module("nodes.native_adapter").load_adapter(OTHER_FAMILY)
+        other = pack_module("nodes.native.adapter").load_adapter(OTHER_FAMILY)
         attempts["other_family"] = lambda: native.PASDApply().apply(model, positive, negative, vae, image, other,
                                                                     scale=1, conditioning_scale=0.5, process_size=64)
     messages = {}

@@ -18,17 +18,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import ROOT, TINY_COCA, case_data
-from pasd_core.engine.caption_search import decode_caption, generate_caption_tokens
 from pasd_core.errors import ModelError
-from pasd_core.weights.captioners import (
-    CAPTIONER_CONFIG,
-    CATEGORIES_FILE,
-    CLASSIFIER_WEIGHTS,
-    is_captioner_folder,
-    is_classifier_folder,
-    load_captioner,
-    load_classifier,
-)
+from pasd_core.prompt.folders import CAPTIONER, CAPTIONER_CONFIG, CATEGORIES_FILE, CLASSIFIER, CLASSIFIER_WEIGHTS
+from pasd_core.prompt.models import load_captioner, load_classifier
+from pasd_core.prompt.search import decode_caption, generate_caption_tokens
 
 CAPTION_CASES = ["P1_sd15_caption", "P2_sdxl_caption_prompt", "P5_color_caption", "P7_sd15_caption_tiled"]
 CLASSIFICATION_CASES = ["P3_classification_above", "P4_classification_below"]
@@ -118,7 +111,7 @@ def test_caption_is_the_official_scripts_caption(captioner, name):
     4.44.2); P2 runs into the 30-token limit, the others end with <end_of_text>."""
     data = case_data(name)
     image = case_image(name)
-    tokens = generate_caption_tokens(captioner.model, captioner.transform(image).unsqueeze(0))
+    tokens = generate_caption_tokens(captioner.model, captioner.preprocess(image).unsqueeze(0))
     assert tokens == data["caption_tokens"]
     assert captioner.caption(image) == data["caption"]
 
@@ -126,7 +119,7 @@ def test_caption_is_the_official_scripts_caption(captioner, name):
 def test_caption_is_deterministic_and_several_words(captioner):
     image = case_image("P1_sd15_caption")
     first = captioner.caption(image)
-    assert first == captioner.caption(image, "cpu")
+    assert first == captioner.caption(image)
     assert len(first.split()) >= 4
 
 
@@ -169,15 +162,15 @@ def test_classification_is_the_official_scripts_class(tiny_classifier, name):
 # --- folders: found by their marker files, refused when broken ----------------------------------------------------
 
 def test_marker_files_tell_the_folders_apart(tmp_path):
-    assert is_captioner_folder(TINY_COCA) and not is_classifier_folder(TINY_COCA)
+    assert CAPTIONER.is_folder(TINY_COCA) and not CLASSIFIER.is_folder(TINY_COCA)
     (tmp_path / CLASSIFIER_WEIGHTS).write_bytes(b"")
-    assert not is_classifier_folder(tmp_path)
+    assert not CLASSIFIER.is_folder(tmp_path)
     (tmp_path / CATEGORIES_FILE).write_text("cat\n")
-    assert is_classifier_folder(tmp_path) and not is_captioner_folder(tmp_path)
+    assert CLASSIFIER.is_folder(tmp_path) and not CAPTIONER.is_folder(tmp_path)
 
 
 def test_loading_module_imports_no_torch():
-    script = "import sys, pasd_core.weights.captioners; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
+    script = "import sys, pasd_core.prompt.models; print(sorted({'torch', 'open_clip'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
 

@@ -11,7 +11,7 @@ import pytest
 from comfy_fixtures import CHECKPOINTS, FakeComfyUI, load_pack, make_models_dir, pack_module
 
 pack = load_pack()
-local = pack_module("nodes.local")
+local = pack_module("nodes.exact")
 native = pack_module("nodes.native")
 choices = pack_module("nodes.model_choices")
 inputs = pack_module("nodes.inputs")

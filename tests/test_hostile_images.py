@@ -165,7 +165,7 @@ def test_planned_steps_are_what_the_progress_bar_counts(tiny_pipeline):
     for (width, height), settings in [((16, 16), FAST_SETTINGS), ((300, 40), {"latent_tile_size": 16}),
                                       ((97, 203), {"scale": 3, "process_size": 128, "latent_tile_size": 24,
                                                    "latent_tile_overlap": 5})]:
-        full = pipeline.settings({**defaults(), **settings})  # `auto` values resolved, as every front end does
+        full = pipeline.plan({**defaults(), **settings, "high_level_info": "none"})  # `auto` resolved
         assert work_limits.denoising_calls(width, height, full) == pipeline.count_steps(width, height, full)
 
 
@@ -265,7 +265,8 @@ def test_an_animated_image_upscales_its_first_frame_and_says_so(tmp_path, stub, 
 
 # --- node inputs ----------------------------------------------------------------------------------
 
-local_nodes = pack_module("nodes.local")
+local_nodes = pack_module("nodes.exact")
+color_fix_nodes = pack_module("nodes.color_fix")
 remote_nodes = pack_module("nodes.remote")
 table = pack_module("pasd_core.params")
 errors = pack_module("pasd_core.errors")
@@ -316,11 +317,11 @@ def test_rounding_overshoot_is_clamped_silently():
 def test_color_fix_node_names_the_bad_input():
     good = torch.rand(1, 8, 8, 3)
     with pytest.raises(errors.InputImageError, match="reference holds NaN"):
-        local_nodes.PASDColorFix().fix(good, torch.full((1, 8, 8, 3), float("nan")), "wavelet")
+        color_fix_nodes.PASDColorFix().fix(good, torch.full((1, 8, 8, 3), float("nan")), "wavelet")
     with pytest.raises(errors.InputImageError, match="reference must be an IMAGE tensor"):
-        local_nodes.PASDColorFix().fix(good, None, "wavelet")
+        color_fix_nodes.PASDColorFix().fix(good, None, "wavelet")
     with pytest.raises(errors.InputImageError, match=r"image holds values from 0 to 255.*divide by 255"):
-        local_nodes.PASDColorFix().fix(torch.arange(256.0).reshape(1, 16, 16, 1).expand(-1, -1, -1, 3), good,
+        color_fix_nodes.PASDColorFix().fix(torch.arange(256.0).reshape(1, 16, 16, 1).expand(-1, -1, -1, 3), good,
                                    "adain")
 
 

@@ -93,7 +93,7 @@ def test_fal_cli_refuses_them_before_any_request(source, tmp_path, capsys, stub,
 
 # --- the nodes ----------------------------------------------------------------------------------------
 
-local_nodes = pack_module("nodes.local")
+local_nodes = pack_module("nodes.exact")
 remote_nodes = pack_module("nodes.remote")
 table = pack_module("pasd_core.params")
 

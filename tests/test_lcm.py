@@ -81,7 +81,7 @@ def lcm_models_dir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", LCM_CASES)
 def test_nodes_match_official_lcm_output(case, lcm_models_dir, monkeypatch):
     load_pack()
-    local, table = pack_module("nodes.local"), pack_module("pasd_core.params")
+    local, table = pack_module("nodes.exact"), pack_module("pasd_core.params")
     monkeypatch.setenv("PASD_MODELS_DIR", str(lcm_models_dir))
     lora_choice = f"lcm-lora-sdv1-5/{LCM_LORA.name}"
     assert lora_choice in local.PASDModelLoader.INPUT_TYPES()["required"]["lcm_lora"][0]
@@ -108,7 +108,7 @@ def test_both_noise_modes_add_the_noise_at_the_level_itself_under_lcm(lcm_pipeli
     data = lcm_case("L1_lcm_4_steps")
     sampler = sampler_module.PASDSampler(lcm_pipeline.models)
     image = Image.open(data["dir"] / "input.png").convert("RGB")
-    settings = lcm_pipeline.settings(data["settings"])
+    settings = lcm_pipeline.plan(data["settings"])
     control = sampler._to_tensor(sampler_module.control_image_for(image, settings["scale"], settings["process_size"]))
     lcm_pipeline.models.scheduler.set_timesteps(settings["steps"])
     starts = [sampler.initial_latents(control, torch.Generator().manual_seed(42), {**settings, "added_noise_mode": m})
@@ -206,7 +206,7 @@ def test_steps_and_guidance_ranges_depend_on_lcm():
 
 def test_widgets_allow_lcm_values_locally_and_fal_keeps_its_range():
     load_pack()
-    local, remote = pack_module("nodes.local"), pack_module("nodes.remote")
+    local, remote = pack_module("nodes.exact"), pack_module("nodes.remote")
     steps = local.PASDUpscale.INPUT_TYPES()["required"]["steps"][1]
     assert (steps["default"], steps["min"], steps["max"]) == (25, 4, 50) and "LCM" in steps["tooltip"]
     fal_steps = remote.PASDUpscaleFal.INPUT_TYPES()["required"]["steps"][1]

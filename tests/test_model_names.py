@@ -18,7 +18,7 @@ from comfy_fixtures import CHECKPOINTS, FakeComfyUI, make_models_dir, pack_modul
 from safetensors.torch import save_file
 from test_model_paths import run_bound_by_permissions
 
-local = pack_module("nodes.local")
+local = pack_module("nodes.exact")
 host = pack_module("nodes.host")
 errors = pack_module("pasd_core.errors")
 table = pack_module("pasd_core.params")
@@ -204,7 +204,7 @@ def test_an_unreadable_model_is_called_unreadable_through_the_node(world):
     lora.chmod(0o000)
     code = ("import sys; sys.path.insert(0, 'tests'); from comfy_fixtures import pack_module\n"
             "try:\n"
-            f"    pack_module('nodes.local').PASDModelLoader().load({PASD_NAME!r}, {BASE_NAME!r}, 'none', "
+            f"    pack_module('nodes.exact').PASDModelLoader().load({PASD_NAME!r}, {BASE_NAME!r}, 'none', "
             "'detail.safetensors', device='cpu', dtype='fp32')\n"
             "except pack_module('pasd_core.errors').ModelError as error:\n"
             "    print(error)\n")

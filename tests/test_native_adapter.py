@@ -74,11 +74,11 @@ def test_rrdb_checkpoint_is_refused_with_its_reason(tmp_path: Path) -> None:
     save_file(state, weights)
     errors = pack_module("pasd_core.errors")
     with pytest.raises(errors.ModelError, match=r"\*_rrdb PASD checkpoint.*pasd, pasd_light and pasd_sdxl only"):
-        pack_module("nodes.native_adapter").load_adapter(folder)
+        pack_module("nodes.native.adapter").load_adapter(folder)
 
 
 def test_folder_that_is_not_a_pasd_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "unet").mkdir()
     errors = pack_module("pasd_core.errors")
     with pytest.raises(errors.ModelError, match="not a PASD checkpoint"):
-        pack_module("nodes.native_adapter").load_adapter(tmp_path)
+        pack_module("nodes.native.adapter").load_adapter(tmp_path)

@@ -9,7 +9,7 @@ from comfy_fixtures import CHECKPOINTS, load_pack, make_models_dir, pack_module
 
 pack = load_pack()
 native = pack_module("nodes.native")
-local = pack_module("nodes.local")
+local = pack_module("nodes.exact")
 table = pack_module("pasd_core.params")
 errors = pack_module("pasd_core.errors")
 

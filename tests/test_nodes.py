@@ -34,7 +34,7 @@ pack = load_pack()
 host = pack_module("nodes.host")
 inputs = pack_module("nodes.inputs")
 images = pack_module("nodes.images")
-local = pack_module("nodes.local")
+local = pack_module("nodes.exact")
 table = pack_module("pasd_core.params")
 errors = pack_module("pasd_core.errors")
 
@@ -313,17 +313,17 @@ def test_color_fix_node_matches_the_engine_and_broadcasts_one_reference():
     generator = torch.Generator().manual_seed(0)
     image, reference = torch.rand(2, 16, 16, 3, generator=generator), torch.rand(1, 8, 8, 3, generator=generator)
     for method in ("wavelet", "adain"):
-        (fixed,) = local.PASDColorFix().fix(image, reference, method)
+        (fixed,) = pack_module("nodes.color_fix").PASDColorFix().fix(image, reference, method)
         references = reference.expand(2, -1, -1, -1).permute(0, 3, 1, 2)
         expected = color.color_fix_tensor(image.permute(0, 3, 1, 2), references, method).permute(0, 2, 3, 1)
         # the node hands the engine channels-last views: another memory layout may round a sum differently
         assert fixed.shape == image.shape
         torch.testing.assert_close(fixed, expected, rtol=0, atol=1e-6)
-    assert local.PASDColorFix.INPUT_TYPES()["required"]["method"][0] == ["wavelet", "adain"]
+    assert pack_module("nodes.color_fix").PASDColorFix.INPUT_TYPES()["required"]["method"][0] == ["wavelet", "adain"]
     with pytest.raises(table.ParamError, match="method"):
-        local.PASDColorFix().fix(image, reference, "none")
+        pack_module("nodes.color_fix").PASDColorFix().fix(image, reference, "none")
     with pytest.raises(errors.InputImageError, match="reference holds 2 images but the image batch holds 3"):
-        local.PASDColorFix().fix(torch.rand(3, 8, 8, 3), torch.rand(2, 8, 8, 3), "wavelet")
+        pack_module("nodes.color_fix").PASDColorFix().fix(torch.rand(3, 8, 8, 3), torch.rand(2, 8, 8, 3), "wavelet")
 
 
 # --- the fal node against the stub server --------------------------------------------------------
@@ -504,11 +504,11 @@ def test_prompt_node_builds_the_text_the_official_script_encoded(monkeypatch, tm
     assert prompt_node.VALIDATE_INPUTS("caption", "coca_tiny", "none") is True
     prompt, caption = node.build(image, **values)
     assert prompt == recorded["official_prompt"]
-    clean_caption = pack_module("pasd_core.engine.prompt_stage").clean_caption
+    clean_caption = pack_module("pasd_core.prompt.stage").clean_caption
     assert caption == clean_caption(recorded["caption"], recorded["family"])  # cleaned as the official script does
-    loaded = node._models["caption_model"][1]
+    loaded = node._loaded[1].captioner
     node.build(image, **values)
-    assert node._models["caption_model"][1] is loaded  # loaded once per folder, kept on the node
+    assert node._loaded[1].captioner is loaded  # loaded once per folder, kept on the node
     assert next(iter(loaded.model.parameters())).device.type == "cpu"
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import MODELS, PROMPT_CASES, TINY_COCA, case_data
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine.pipeline import PASDPipeline
-from pasd_core.engine.prompt_stage import clean_caption
+from pasd_core.prompt.stage import clean_caption
 
 TOLERANCE = 1  # levels of 255, at every pixel (the project's parity standard)
 

@@ -85,7 +85,7 @@ def test_the_refiner_runs_on_pasds_raw_output_with_the_runs_generator_before_the
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     result = refined.upscale(IMAGE, SETTINGS)
-    settings = refined.settings(SETTINGS)
+    settings = refined.plan(SETTINGS)
     prompt = refined.describe(IMAGE, settings)
     sampler, m = refined._sampler, refined.models
     control_image = control_image_for(IMAGE, settings["scale"], settings["process_size"])

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from pasd_core.engine.color import adain_color_fix, color_fix, wavelet_color_fix
-from pasd_core.engine.prompt_stage import run_prompt
 from pasd_core.engine.sampler import control_image_for
 from pasd_core.engine.tiling import gaussian_weights, latent_tiles, needs_tiling
 from pasd_core.errors import Interrupted
+from pasd_core.prompt.stage import PromptSettings, run_prompt
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3, "high_level_info": "none"}
 
@@ -29,8 +29,7 @@ def test_control_image_size_follows_official_rules(size, scale, process_size, ex
 
 def test_prompt_join_without_the_prompt_stage_matches_official():
     def joined(prompt: str) -> str:
-        settings = {"high_level_info": "none", "prompt": prompt, "added_prompt": "clean, 8k", "negative_prompt": "n"}
-        return run_prompt(settings, "realisr").prompt
+        return run_prompt(PromptSettings("none", prompt, "clean, 8k", "n", "sd15", "realisr")).prompt
 
     assert joined("") == "clean, 8k"
     assert joined("a dog") == "a dog, clean, 8k"

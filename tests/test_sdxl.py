@@ -31,7 +31,7 @@ def test_family_is_read_from_the_checkpoint_config():
 
 def test_auto_defaults_are_the_sdxl_scripts(tiny_pipeline, monkeypatch):
     pipeline = tiny_pipeline("pasd_sdxl")
-    settings = pipeline.settings({})
+    settings = pipeline.plan({"high_level_info": "none"})
     assert (settings["process_size"], settings["latent_tile_size"], settings["added_prompt"]) == (
         1280, 180, "photorealistic, clean, high-resolution, 8k")
 
@@ -120,7 +120,7 @@ def test_the_nodes_reproduce_the_official_sdxl_output(tmp_path, monkeypatch, nam
     (models / "diffusers" / "stable-diffusion-xl-base-1.0").symlink_to(SDXL_BASE)
     monkeypatch.setenv("PASD_MODELS_DIR", str(models))
     load_pack()
-    local = pack_module("nodes.local")
+    local = pack_module("nodes.exact")
     (pipeline,) = local.PASDModelLoader().load("pasd_sdxl/checkpoint-200000", "diffusers/stable-diffusion-xl-base-1.0",
                                                "none", "none", device="cpu", dtype="fp32")
     data = case_data(name)

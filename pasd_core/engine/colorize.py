@@ -9,7 +9,12 @@ every one of the 2^24 colours for both conversions and on thousands of random re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # OpenCV's 8-bit YUV (color_yuv.simd.hpp, BT.601): coefficients x 2^14, rounded by adding 2^13 before the
 # shift, chroma offset 128 x 2^14, then saturated to 0..255.
@@ -22,6 +27,11 @@ _U2B, _U2G, _V2G, _V2R = 33292, -6472, -9519, 18678  # 2.032, -0.395, -0.581, 1.
 # OpenCV's 8-bit INTER_LINEAR (resize.cpp): weights are rounded to 11-bit fixed point.
 _COEF_BITS = 11
 _COEF_SCALE = np.float32(1 << _COEF_BITS)
+
+
+def colorize_input(image: Image.Image) -> Image.Image:
+    """The grayscale branch's input: luminance (PIL's ITU-R 601 "L"), as RGB; it is also what gets described."""
+    return image.convert("L").convert("RGB")
 
 
 def _saturate_u8(values: np.ndarray) -> np.ndarray:

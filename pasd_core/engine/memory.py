@@ -6,6 +6,9 @@ and an out-of-memory error retries with half-size tiles instead of failing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from .family import OFFICIAL_VAE_TILES
@@ -35,14 +38,15 @@ def vae_peak_bytes(tile: int, dtype: torch.dtype) -> int:
     return tile * tile * _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
 
 
-def halve_tiles(settings: dict, vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:
-    """Smaller tiles after an out-of-memory error, or None when they are already the smallest."""
+def halve_tiles(settings: Mapping[str, Any], vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:
+    """Smaller tiles after an out-of-memory error (the latent tile settings to change, the VAE tiles), or None when
+    they are already the smallest."""
     latent = max(8, settings["latent_tile_size"] // 2 // 8 * 8)
     vae = (max(_SMALLEST_TILE, vae_tiles[0] // 2), max(_SMALLEST_TILE, vae_tiles[1] // 2))
     if latent == settings["latent_tile_size"] and vae == vae_tiles:
         return None
     overlap = min(settings["latent_tile_overlap"], latent // 2)
-    return {**settings, "latent_tile_size": latent, "latent_tile_overlap": overlap}, vae
+    return {"latent_tile_size": latent, "latent_tile_overlap": overlap}, vae
 
 
 def is_out_of_memory(error: BaseException) -> bool:

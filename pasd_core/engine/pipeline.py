@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,28 @@ import torch
 from PIL import Image
 
 from ..image_io import as_rgb
-from ..params import SAMPLER_PARAMS, ParamError, for_family, validate
+from ..params import GRAYSCALE, REALISR
+from ..prompt.stage import PromptStage, RunPrompt
 from . import memory
+from .colorize import colorize_input
 from .components import SamplerModels, StepCallback, StopCheck
 from .family import FAMILIES
-from .prompt_stage import GRAYSCALE, REALISR, PromptStage, RunPrompt, colorize_input
-from .refiner import Refiner, check_refiner
+from .plan import RunPlan, check_before_loading
+from .refiner import Refiner
 from .sampler import PASDSampler
-from .work_limits import check_planned_work
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """Stylization: a personalized checkpoint mixed into the PASD UNet (and replacing VAE and text encoders), and/or a
+    LoRA; both of the PASD checkpoint's family."""
+
+    style_model: str | Path | None = None
+    style_strength: float = 1.0
+    lora: str | Path | None = None
+    lora_strength: float = 1.0
 
 
 class PASDPipeline:
@@ -48,7 +61,7 @@ class PASDPipeline:
                         control_type: str = REALISR, caption_model: str | Path | None = None,
                         classifier_model: str | Path | None = None,
                         make_room: Callable[[int, str], None] | None = None,
-                        refiner: str | Path | None = None) -> "PASDPipeline":
+                        refiner: str | Path | None = None) -> PASDPipeline:
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
         of the same family, optionally personalized.
 
@@ -65,52 +78,18 @@ class PASDPipeline:
         pass at strength 0.1 between decode and colour fix. This departs from the official --use_refiner, which
         crashes there (its result is a list) and is unseeded; see engine/refiner.py.
         """
-        from ..model_family import family_of
-        from ..weights.bases import check_compatible, load_base, load_vae
-        from ..weights.pasd_folder import check_control_type, load_pasd_checkpoint
-        from ..weights.prompt_folders import load_prompt_stage
         from .device import resolve_device, resolve_dtype
 
         torch_device = resolve_device(device)
-        check_control_type(pasd_model, control_type)  # before any weights are read
-        if refiner is not None:
-            from ..weights.pasd_folder import checkpoint_family
-
-            check_refiner(refiner, checkpoint_family(pasd_model))  # SDXL only, and a refiner folder
-        prompt_stage = load_prompt_stage(caption_model, classifier_model, make_room)
-        unet, controlnet = load_pasd_checkpoint(pasd_model)
-        family = FAMILIES[family_of(unet.config)]
-        if lcm_lora is not None:
-            from ..weights.lcm_lora import apply_merges, read_lcm_lora, require_lcm_family
-
-            require_lcm_family(family.name, lcm_lora)  # before the base loads
-        torch_dtype = resolve_dtype(dtype, torch_device, family.name)
-        base = load_base(base_model, family.name, base_config)
-        check_compatible(base, unet, Path(base_model))
-        scheduler = family.make_scheduler(base, Path(pasd_model), lcm=lcm_lora is not None, control_type=control_type)
-        # read and checked before any model changes
-        replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
-        text_encoder, vae = base.text_encoder, base.vae
-        lcm_merges = read_lcm_lora(unet, text_encoder, lcm_lora, family.name) if lcm_lora is not None else None
-        if style_model is not None or lora is not None:
-            from ..weights.personalize import personalize
-
-            # the family is the UNet's; SDXL's text encoders go as a pair (CLIP ViT-L, OpenCLIP ViT-bigG)
-            encoders = (text_encoder,) if base.text_encoder_2 is None else (text_encoder, base.text_encoder_2)
-            personalize(unet, vae, encoders, style_model=style_model, style_strength=style_strength, lora=lora,
-                        lora_strength=lora_strength)
-        if lcm_merges is not None:  # last, as the official script fuses it into the (personalized) pipeline
-            apply_merges(lcm_merges, lcm_lora)
-        refiner_model = Refiner.from_pretrained(refiner, torch_dtype) if refiner is not None else None
-        if replacement_vae is not None:
-            vae = replacement_vae
-        models = SamplerModels(
-            tokenizer=base.tokenizer, text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet,
-            scheduler=scheduler, device=torch.device("cpu"), dtype=torch_dtype, family=family,
-            tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2,
-        )
-        pipeline = cls(models, unet.variant, lcm=lcm_lora is not None, control_type=control_type,
-                       prompt_stage=prompt_stage, refiner=refiner_model)
+        family = check_before_loading(pasd_model, control_type, lcm_lora, refiner)
+        torch_dtype = resolve_dtype(dtype, torch_device, family)
+        prompt_stage = PromptStage.load(caption_model, classifier_model, make_room)
+        models = load_sampler_models(base_model, pasd_model, torch_dtype, control_type=control_type, vae=vae,
+                                     lcm_lora=lcm_lora, base_config=base_config,
+                                     personalization=Personalization(style_model, style_strength, lora, lora_strength))
+        pipeline = cls(models, models.unet.variant, lcm=lcm_lora is not None, control_type=control_type,
+                       prompt_stage=prompt_stage,
+                       refiner=Refiner.from_pretrained(refiner, torch_dtype) if refiner is not None else None)
         if make_room is not None and torch_device.type != "cpu":
             make_room(pipeline.weight_bytes(), str(torch_device))
         return pipeline.to(torch_device)
@@ -124,12 +103,13 @@ class PASDPipeline:
     def device(self) -> torch.device:
         return self.models.device
 
+    # -- weights on the device --------------------------------------------------------------------------------------
     def _modules(self) -> list[torch.nn.Module]:
         m = self.models
         return [module for module in (m.text_encoder, m.text_encoder_2, m.vae, m.unet, m.controlnet)
                 if module is not None] + (self.refiner.modules() if self.refiner is not None else [])
 
-    def to(self, device: str | torch.device) -> "PASDPipeline":
+    def to(self, device: str | torch.device) -> PASDPipeline:
         device = torch.device(device)
         m = self.models
         for module in self._modules():
@@ -155,55 +135,116 @@ class PASDPipeline:
             module.to("cpu")
         memory.release(self.models.device)
 
-    def settings(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """`values` checked against the shared table, with `auto` defaults resolved for this model's family, and the
-        loaded task (control_type), which the resize rules and the prompt follow."""
-        values = dict(values)
-        if values.pop("control_type", self.control_type) != self.control_type:  # settings this method returned
-            raise ParamError(f"control_type is chosen when the model loads; this one was loaded for "
-                             f"{self.control_type!r}.")
-        settings = for_family(validate(values, SAMPLER_PARAMS, lcm=self.lcm), self.family)
-        return {**settings, "control_type": self.control_type}
+    # -- a run ------------------------------------------------------------------------------------------------------
+    def plan(self, settings: Mapping[str, Any] | RunPlan | None = None) -> RunPlan:
+        """`settings` checked once against the shared table, `auto` values resolved for this model's family and
+        ranges taken for its mode (LCM), with the prompt stage's model known to be loaded; a RunPlan made for this
+        model is taken as it is."""
+        if isinstance(settings, RunPlan):
+            settings.check_model(self.family, self.lcm, self.control_type)
+            return settings
+        plan = RunPlan.build(settings, family=self.family, lcm=self.lcm, control_type=self.control_type)
+        self.prompt_stage.needs(plan["high_level_info"])
+        return plan
 
     def source_image(self, image: Image.Image) -> Image.Image:
         """The image the run starts from: the input as RGB, or its luminance when colorizing."""
         image = as_rgb(image)
         return colorize_input(image) if self.control_type == GRAYSCALE else image
 
-    def describe(self, image: Image.Image, settings: Mapping[str, Any] | None = None) -> RunPrompt:
+    def describe(self, image: Image.Image, plan: Mapping[str, Any] | RunPlan | None = None) -> RunPrompt:
         """The prompt stage alone: the caption (or class) of `image` and the prompt pair it gives."""
-        settings = self.settings(settings or {})
-        return self.prompt_stage.describe(self.source_image(image), settings, self.family, self.control_type,
-                                          self.device)
+        return self._describe(self.source_image(image), self.plan(plan))
 
-    def count_steps(self, width: int, height: int, settings: Mapping[str, Any]) -> int:
+    def _describe(self, source: Image.Image, plan: RunPlan) -> RunPrompt:
+        return self.prompt_stage.describe(source, plan.prompt_settings, self.device)
+
+    def count_steps(self, width: int, height: int, plan: Mapping[str, Any] | RunPlan | None = None) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""
-        return self._sampler.count_steps(width, height, self.settings(settings))
+        return self.plan(plan).denoising_calls(width, height)
 
-    def upscale(self, image: Image.Image, settings: Mapping[str, Any] | None = None, *, prompt: RunPrompt | None = None,
-                on_step: StepCallback | None = None, should_stop: StopCheck | None = None) -> Image.Image:
-        """Super-resolve, stylize or colorize one image; `settings` are checked against the shared table. `prompt`:
-        the prompt stage's result when the caller ran `describe` already (to show the caption)."""
-        settings = self.settings(settings or {})
-        image = self.source_image(image)
-        check_planned_work(image.width, image.height, settings)
-        self.prompt_stage.needs(settings["high_level_info"])
-        if prompt is None:
-            prompt = self.prompt_stage.describe(image, settings, self.family, self.control_type, self.device)
+    def upscale(self, image: Image.Image, plan: Mapping[str, Any] | RunPlan | None = None, *,
+                prompt: RunPrompt | None = None, on_step: StepCallback | None = None,
+                should_stop: StopCheck | None = None) -> Image.Image:
+        """Super-resolve, stylize or colorize one image with `plan` (a RunPlan, or settings checked against the shared
+        table). `prompt`: the prompt stage's result when the caller ran `describe` already (to show the caption)."""
+        plan = self.plan(plan)
+        source = self.source_image(image)
+        plan.check_work(source.width, source.height)
+        return self._sample(source, plan, prompt or self._describe(source, plan), on_step, should_stop)
+
+    def upscale_batch(self, images: Sequence[Image.Image], plan: Mapping[str, Any] | RunPlan | None = None, *,
+                      before_sampling: Callable[[list[RunPrompt]], None] | None = None,
+                      on_step: StepCallback | None = None,
+                      should_stop: StopCheck | None = None) -> tuple[list[Image.Image], list[RunPrompt]]:
+        """Every image with `plan` (image i with seed + i), and the prompt each was sampled with. The work is checked
+        for every size first, then the prompt stage describes them all, then `before_sampling(prompts)` runs (to show
+        the captions, or to move the weights), then PASD samples them in order."""
+        plan = self.plan(plan)
+        sources = [self.source_image(image) for image in images]
+        for size in dict.fromkeys(source.size for source in sources):
+            plan.check_work(*size)
+        plans = [plan.for_image(index) for index in range(len(sources))]
+        prompts = [self._describe(source, each) for source, each in zip(sources, plans, strict=True)]
+        if before_sampling is not None:
+            before_sampling(prompts)
+        outputs = [self._sample(source, each, prompt, on_step, should_stop)
+                   for source, each, prompt in zip(sources, plans, prompts, strict=True)]
+        return outputs, prompts
+
+    def _sample(self, source: Image.Image, plan: RunPlan, prompt: RunPrompt, on_step: StepCallback | None,
+                should_stop: StopCheck | None) -> Image.Image:
+        """One image, retried with smaller tiles when a GPU runs out of memory."""
         self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype, self.models.family.vae_tiles)
         while True:
             try:
-                return self._sampler.run(image, settings, prompt, on_step=on_step, should_stop=should_stop,
+                return self._sampler.run(source, plan, prompt, on_step=on_step, should_stop=should_stop,
                                          refine=self.refiner)
             except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
                 if self.device.type == "cpu" or not memory.is_out_of_memory(error):
                     raise
-                smaller = memory.halve_tiles(settings, self.models.vae_tiles)
+                smaller = memory.halve_tiles(plan, self.models.vae_tiles)
                 if smaller is None:
                     raise
             # retried outside the except block, so the failed attempt's tensors are freed with its traceback
             memory.release(self.device)
-            settings, self.models.vae_tiles = smaller
+            tiles, self.models.vae_tiles = smaller
+            plan = plan.replaced(**tiles)
             logger.warning("PASD ran out of memory; retrying with latent tiles of %d and VAE tiles of %s",
-                           settings["latent_tile_size"], self.models.vae_tiles)
+                           plan["latent_tile_size"], self.models.vae_tiles)
 
+
+# -- loading --------------------------------------------------------------------------------------------------------
+
+def load_sampler_models(base_model: str | Path, pasd_model: str | Path, dtype: torch.dtype, *,
+                        control_type: str = REALISR, vae: str | Path | None = None, lcm_lora: str | Path | None = None,
+                        base_config: str | Path | None = None,
+                        personalization: Personalization = Personalization()) -> SamplerModels:
+    """The PASD checkpoint on its base, personalized, with the LCM-LoRA merged last (as the official script fuses it
+    into the personalized pipeline), on the CPU; every file is read and checked before any model changes."""
+    from ..model_family import family_of
+    from ..weights.bases import check_compatible, load_base, load_vae
+    from ..weights.lcm_lora import apply_merges, read_lcm_lora
+    from ..weights.pasd_folder import load_pasd_checkpoint
+
+    unet, controlnet = load_pasd_checkpoint(pasd_model)
+    family = FAMILIES[family_of(unet.config)]
+    base = load_base(base_model, family.name, base_config)
+    check_compatible(base, unet, Path(base_model))
+    scheduler = family.make_scheduler(base, Path(pasd_model), lcm=lcm_lora is not None, control_type=control_type)
+    replacement_vae = load_vae(vae, family.name, base_config) if vae is not None else None
+    lcm_merges = read_lcm_lora(unet, base.text_encoder, lcm_lora, family.name) if lcm_lora is not None else None
+    if personalization.style_model is not None or personalization.lora is not None:
+        from ..weights.personalize import personalize
+
+        # SDXL's text encoders go as a pair (CLIP ViT-L, OpenCLIP ViT-bigG)
+        encoders = (base.text_encoder,) if base.text_encoder_2 is None else (base.text_encoder, base.text_encoder_2)
+        personalize(unet, base.vae, encoders, style_model=personalization.style_model,
+                    style_strength=personalization.style_strength, lora=personalization.lora,
+                    lora_strength=personalization.lora_strength)
+    if lcm_merges is not None:
+        apply_merges(lcm_merges, lcm_lora)
+    return SamplerModels(
+        tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=replacement_vae or base.vae, unet=unet,
+        controlnet=controlnet, scheduler=scheduler, device=torch.device("cpu"), dtype=dtype, family=family,
+        tokenizer_2=base.tokenizer_2, text_encoder_2=base.text_encoder_2)

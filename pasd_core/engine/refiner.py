@@ -76,11 +76,12 @@ class Refiner:
         pipe.set_progress_bar_config(disable=True)  # 5 steps; the run's own progress covers PASD's steps
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype, family: str = SDXL) -> "Refiner":
-        """diffusers' StableDiffusionXLImg2ImgPipeline from `folder`, offline, in the run's dtype, on the CPU."""
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype) -> Refiner:
+        """diffusers' StableDiffusionXLImg2ImgPipeline from `folder` (which `check_refiner` accepted), offline, in the
+        run's dtype, on the CPU."""
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        folder = check_refiner(folder, family)
+        folder = Path(folder)
         try:
             with warnings.catch_warnings():  # newer diffusers rename torch_dtype `dtype`; older know only torch_dtype
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)

@@ -11,18 +11,21 @@ embeddings per run, the ControlNet condition embedding per image (per tile when 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import Interrupted
+from ..params import GRAYSCALE
+from ..prompt.stage import RunPrompt
 from .color import color_fix
 from .components import Refine, SamplerModels, StepCallback, StopCheck
 from .family import TextConditioning
-from .prompt_stage import GRAYSCALE, RunPrompt
 from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
-from .work_limits import LATENT_FACTOR, colorize_size, denoising_calls, enlarged_size, latent_multiple
+from .work_limits import LATENT_FACTOR, colorize_size, enlarged_size, latent_multiple
 
 
 def control_image_for(image: Image.Image, scale: int, process_size: int, grayscale: bool = False) -> Image.Image:
@@ -47,7 +50,8 @@ class PASDSampler:
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.m.device, self.m.dtype)
 
-    def initial_latents(self, control: torch.Tensor, generator: torch.Generator, settings: dict) -> torch.Tensor:
+    def initial_latents(self, control: torch.Tensor, generator: torch.Generator,
+                        settings: Mapping[str, Any]) -> torch.Tensor:
         """The latents the first denoising step starts from (the family's rule)."""
         self._tile_vae(self.m.vae_tiles[0])
         return self.m.family.start_latents(self.m, control, generator, settings)
@@ -67,7 +71,7 @@ class PASDSampler:
         return latent_tiles(latent_height, latent_width, tile_size, overlap)
 
     @torch.no_grad()
-    def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: TextConditioning, settings: dict,
+    def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: TextConditioning, settings: Mapping[str, Any],
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         guided = text.guided
@@ -144,13 +148,10 @@ class PASDSampler:
         return Image.fromarray((image * 255).round().astype("uint8"))
 
     # -- the whole run ---------------------------------------------------------------------------
-    def count_steps(self, width: int, height: int, settings: dict) -> int:
-        """How many times `on_step` is called for one image of this size (sizes only, nothing allocated)."""
-        return denoising_calls(width, height, settings)
-
-    def run(self, image: Image.Image, settings: dict, prompt: RunPrompt, on_step: StepCallback | None = None,
-            should_stop: StopCheck | None = None, refine: Refine | None = None) -> Image.Image:
-        """One image; in the grayscale branch `image` is already the luminance input (prompt_stage.colorize_input)."""
+    def run(self, image: Image.Image, settings: Mapping[str, Any], prompt: RunPrompt,
+            on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
+            refine: Refine | None = None) -> Image.Image:
+        """One image; in the grayscale branch `image` is already the luminance input (colorize.colorize_input)."""
         grayscale = settings["control_type"] == GRAYSCALE
         control_image = control_image_for(image, settings["scale"], settings["process_size"], grayscale)
         guided = settings["guidance_scale"] > 1.0

@@ -1,7 +1,7 @@
 """PASD's UNet: a stock SD UNet2DConditionModel plus pixel-aware cross attention (PACA).
 
-In every up-block layer the ControlNet residual of that layer's skip connection (already scaled
-by conditioning_scale) is flattened to tokens and attended to:
+In every up-block layer the ControlNet residual of that layer's skip connection (already scaled by
+conditioning_scale) is flattened to tokens and attended to (layout.py says where, and how wide):
 - `pasd`: one extra Transformer2DModel per layer at `up_blocks.{i}.pixel_attentions.{j}`, run
   after the layer's text attention (CrossAttnUpBlock2D) or after its resnet (UpBlock2D);
 - `pasd_light`: inside the CrossAttnUpBlock2D transformers, `proj_in_plus` projects the residual
@@ -20,17 +20,13 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-VARIANTS = ("pasd", "pasd_light")
+from .layout import VARIANTS, PASDLayout
 
 
 def _tokens(residual: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] → [B, H·W, C]."""
     batch, channels, height, width = residual.shape
     return residual.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-
-
-def _per_block(value: Any, count: int) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * count
 
 
 class PixelAttentionLayer:
@@ -118,32 +114,25 @@ class PASDUNet(UNet2DConditionModel):
 
     def _add_pixel_layers(self, index: int, block: nn.Module) -> list:
         config = self.config
-        count = len(config.down_block_types)
-        heads = list(reversed(_per_block(config.num_attention_heads or config.attention_head_dim, count)))[index]
-        depth = list(reversed(_per_block(config.transformer_layers_per_block, count)))[index]
-        only_cross = list(reversed(_per_block(config.only_cross_attention, count)))[index]
-        reversed_channels = list(reversed(config.block_out_channels))
-        out_channels = reversed_channels[index]
-        in_channels = reversed_channels[min(index + 1, count - 1)]
-        # as in diffusers' up blocks: the last layer's skip comes from the previous resolution
-        layers = len(block.resnets)
-        skip_channels = [in_channels if j == layers - 1 else out_channels for j in range(layers)]
-        has_text_attention = getattr(block, "has_cross_attention", False)
+        layers = PASDLayout(config).up_block(index)
+        if len(layers) != len(block.resnets):
+            raise ValueError(f"up block {index} has {len(block.resnets)} layers, its config says {len(layers)}")
         if self.variant == "pasd_light":
-            if not has_text_attention:
+            if not layers[0].has_text_attention:
                 return []
-            return [LightPixelLayer(attention, skip, heads, out_channels // heads)
-                    for attention, skip in zip(block.attentions, skip_channels, strict=True)]
-        # official: key/value width is the skip's channels in CrossAttnUpBlock2D, out_channels in UpBlock2D
+            return [LightPixelLayer(attention, layer.skip_channels, layer.heads, layer.channels // layer.heads)
+                    for attention, layer in zip(block.attentions, layers, strict=True)]
         block.pixel_attentions = nn.ModuleList(
-            Transformer2DModel(heads, out_channels // heads, in_channels=out_channels, num_layers=depth,
-                               cross_attention_dim=skip if has_text_attention else out_channels,
+            Transformer2DModel(layer.heads, layer.channels // layer.heads, in_channels=layer.channels,
+                               num_layers=layer.depth, cross_attention_dim=layer.pixel_attention_width(self.variant),
                                norm_num_groups=config.norm_num_groups,
                                use_linear_projection=config.use_linear_projection,
-                               only_cross_attention=only_cross, upcast_attention=config.upcast_attention)
-            for skip in skip_channels
+                               only_cross_attention=layer.only_cross_attention,
+                               upcast_attention=config.upcast_attention)
+            for layer in layers
         )
-        anchors = block.attentions if has_text_attention else block.resnets
+        # after the layer's text attention, or its resnet where the level has none
+        anchors = block.attentions if layers[0].has_text_attention else block.resnets
         return [PixelAttentionLayer(anchor, attention)
                 for anchor, attention in zip(anchors, block.pixel_attentions, strict=True)]
 

@@ -9,7 +9,7 @@ the SD UNet stays frozen. So the adapter is exactly those two parts, built from 
 - PACA is ComfyUI's `SpatialTransformer` (pasd) or `LayerNorm` + `CrossAttention` (pasd_light), built with
   `comfy.ops.manual_cast` and held in one module with its own ModelPatcher, registered on the patched MODEL as
   an additional model: model_management loads, casts and offloads it with the UNet (low VRAM included).
-How PACA reaches the UNet is in native_patch.py.
+How PACA reaches the UNet is in patch.py. This module imports ComfyUI: nodes.py imports it only inside ComfyUI.
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+from comfy.ldm.modules import attention
 from torch import nn
 
-from ..pasd_core.errors import ModelError
-from ..pasd_core.model_family import LABELS
-from ..pasd_core.weights.pasd_folder import WEIGHT_NAMES, checkpoint_family, detect_variant
-from ..pasd_core.weights.reader import read_config, read_weights
-from . import host
-from .native_config import PASDLayout, groups_ops
-
-NEEDED_BY = "PASD Adapter Loader"
+from ...pasd_core.errors import ModelError
+from ...pasd_core.model_family import LABELS
+from ...pasd_core.models.layout import PASDLayout
+from ...pasd_core.weights.pasd_folder import WEIGHT_NAMES, checkpoint_family, detect_variant
+from ...pasd_core.weights.reader import read_config, read_weights
+from .control import build_control
+from .ldm import groups_ops, norm_groups
 
 
 @dataclass
@@ -38,7 +41,7 @@ class PASDAdapter:
     family: str  # pasd_core.model_family.SD15 or SDXL
     variant: str  # "pasd" or "pasd_light"
     layout: PASDLayout
-    control: Any  # a native_control PASDControl (comfy.controlnet.ControlNet)
+    control: Any  # a control.PASDControl (comfy.controlnet.ControlNet)
     pixel_attention: nn.Module  # PixelAttention
     patcher: Any  # comfy.model_patcher.ModelPatcher of pixel_attention
     source: str
@@ -51,7 +54,7 @@ class PASDAdapter:
 class LightPixelBlock(nn.Module):
     """pasd_light, one transformer block: attention of the hidden states to the projected residual tokens."""
 
-    def __init__(self, dim: int, residual_channels: int, heads: int, ops: Any, attention: Any) -> None:
+    def __init__(self, dim: int, residual_channels: int, heads: int, ops: Any) -> None:
         super().__init__()
         self.norm2_plus = ops.LayerNorm(dim)
         self.attn2_plus = attention.CrossAttention(query_dim=dim, context_dim=residual_channels, heads=heads,
@@ -61,14 +64,12 @@ class LightPixelBlock(nn.Module):
 class LightPixelLayer(nn.Module):
     """pasd_light, one up-block layer: `proj_in_plus` on the residual, one LightPixelBlock per transformer block."""
 
-    def __init__(self, dim: int, residual_channels: int, heads: int, depth: int, linear: bool, ops: Any,
-                 attention: Any) -> None:
+    def __init__(self, dim: int, residual_channels: int, heads: int, depth: int, linear: bool, ops: Any) -> None:
         super().__init__()
         self.linear = linear
         self.proj_in_plus = (ops.Linear(residual_channels, residual_channels) if linear
                              else ops.Conv2d(residual_channels, residual_channels, kernel_size=1))
-        self.blocks = nn.ModuleList(LightPixelBlock(dim, residual_channels, heads, ops, attention)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(LightPixelBlock(dim, residual_channels, heads, ops) for _ in range(depth))
 
     def tokens(self, residual: Any) -> Any:
         """[B, C, H, W] residual → [B, H·W, C] tokens, projected as the official Transformer2DModel does."""
@@ -82,22 +83,20 @@ class PixelAttention(nn.Module):
 
     def __init__(self, layout: PASDLayout, variant: str, ops: Any) -> None:
         super().__init__()
-        attention = host.comfy_module("comfy.ldm.modules.attention", NEEDED_BY)
         linear = bool(layout.config.get("use_linear_projection"))
-        only_cross = bool(layout.config.get("only_cross_attention"))
         self.variant = variant
         self.layers = nn.ModuleDict()
-        for out in layout.output_layers():
+        for out in layout.up_layers():
+            context = out.pixel_attention_width(variant)
+            if context is None:
+                continue
             if variant == "pasd":
-                # official: key/value width is the skip's channels where the level has text attention, else the
-                # block's own channels
-                context = out.skip_channels if out.has_text_attention else out.channels
                 self.layers[str(out.output_block)] = attention.SpatialTransformer(
                     out.channels, out.heads, out.channels // out.heads, depth=out.depth, context_dim=context,
-                    disable_self_attn=only_cross, use_linear=linear, operations=ops)
-            elif out.has_text_attention:
-                self.layers[str(out.output_block)] = LightPixelLayer(out.channels, out.skip_channels, out.heads,
-                                                                     out.depth, linear, ops, attention)
+                    disable_self_attn=out.only_cross_attention, use_linear=linear, operations=ops)
+            else:
+                self.layers[str(out.output_block)] = LightPixelLayer(out.channels, context, out.heads, out.depth,
+                                                                     linear, ops)
 
     def layer(self, output_block: int) -> nn.Module | None:
         return self.layers[str(output_block)] if str(output_block) in self.layers else None
@@ -114,7 +113,7 @@ _PACA_KEYS = (
 
 def paca_state(unet_state: dict[str, Any], layout: PASDLayout) -> dict[str, Any]:
     """The PACA tensors of a PASD unet/ state dict, renamed to PixelAttention's keys (the SD UNet's are dropped)."""
-    index = {(o.block, o.layer): o.output_block for o in layout.output_layers()}
+    index = {(o.block, o.layer): o.output_block for o in layout.up_layers()}
     state = {}
     for key, tensor in unet_state.items():
         for pattern, target in _PACA_KEYS:
@@ -143,8 +142,6 @@ def _weights(folder: Path) -> dict[str, Any]:
 
 def load_adapter(folder: str | Path) -> PASDAdapter:
     """The adapter of a PASD checkpoint folder (unet/ + controlnet/), on ComfyUI's offload device."""
-    from .native_control import build_control
-
     folder = Path(folder)
     family = checkpoint_family(folder)  # checks the folder, with the engine's messages
     control_state = _weights(folder / "controlnet")
@@ -155,15 +152,13 @@ def load_adapter(folder: str | Path) -> PASDAdapter:
     unet_state = _weights(folder / "unet")
     variant = detect_variant(set(unet_state), folder / "unet")
     layout = PASDLayout(read_config(folder / "unet" / "config.json"))
-    model_management = host.comfy_module("comfy.model_management", NEEDED_BY)
-    model_patcher = host.comfy_module("comfy.model_patcher", NEEDED_BY)
-    ops = host.comfy_module("comfy.ops", NEEDED_BY)
     # stored as ComfyUI would store a UNet on this machine; manual_cast casts to the sampling dtype as it runs
-    dtype = model_management.unet_dtype(model_params=-1, weight_dtype=next(iter(unet_state.values())).dtype)
-    pixel_attention = PixelAttention(layout, variant, groups_ops(ops.manual_cast, layout.groups))
+    dtype = comfy.model_management.unet_dtype(model_params=-1, weight_dtype=next(iter(unet_state.values())).dtype)
+    pixel_attention = PixelAttention(layout, variant, groups_ops(comfy.ops.manual_cast, norm_groups(layout)))
     load_strictly(pixel_attention, paca_state(unet_state, layout), folder / "unet")
-    pixel_attention = pixel_attention.to(model_management.unet_offload_device(), dtype).eval().requires_grad_(False)
-    patcher = model_patcher.ModelPatcher(pixel_attention, load_device=model_management.get_torch_device(),
-                                         offload_device=model_management.unet_offload_device())
+    offload_device = comfy.model_management.unet_offload_device()
+    pixel_attention = pixel_attention.to(offload_device, dtype).eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(pixel_attention, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=offload_device)
     control = build_control(read_config(folder / "controlnet" / "config.json"), control_state, folder / "controlnet")
     return PASDAdapter(family, variant, layout, control, pixel_attention, patcher, "/".join(folder.parts[-2:]))

@@ -1,18 +1,28 @@
-"""Native nodes: PASD as an adapter on the user's own MODEL, CONDITIONING and VAE (any sampler downstream)."""
+"""Native nodes: PASD as an adapter on the user's own MODEL, CONDITIONING and VAE (any sampler downstream).
+
+This is the native path's entry, importable anywhere; the modules that do the work (adapter, control, patch, ldm)
+import ComfyUI plainly, so they are imported only after `comfyui_side` has found it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..pasd_core import params as table
-from ..pasd_core.model_family import SD15
-from . import host, images
-from . import model_choices as choices
-from .inputs import DeclaredNode, Input, combo, declare, socket
+from ...pasd_core import params as table
+from ...pasd_core.model_family import SD15
+from .. import host, images
+from .. import model_choices as choices
+from ..inputs import DeclaredNode, Input, combo, declare, socket
 
 SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "enhance", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
 UNTILED = 2**31  # a latent tile larger than any image
+
+
+def require_comfyui(node: str) -> None:
+    """The one guard of the native path, before its ComfyUI-side modules are imported: outside ComfyUI, an error
+    that names what to use instead."""
+    host.require_comfyui(node)
 
 
 class PASDAdapterLoader(DeclaredNode):
@@ -42,7 +52,8 @@ class PASDAdapterLoader(DeclaredNode):
 
     def load(self, pasd_model: str) -> tuple[Any]:
         folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")
-        from .native_adapter import load_adapter
+        require_comfyui("PASD Adapter Loader")
+        from .adapter import load_adapter
 
         return (load_adapter(folder),)
 
@@ -93,9 +104,8 @@ class PASDApply(DeclaredNode):
         """
         import torch
 
-        from ..pasd_core.engine.sampler import control_image_for
-        from ..pasd_core.engine.work_limits import check_planned_work
-        from .native_patch import check_model, patch_model
+        from ...pasd_core.engine.sampler import control_image_for
+        from ...pasd_core.engine.work_limits import check_planned_work
 
         adapter = pasd_adapter
         settings = table.for_family(table.validate(params, tuple(table.BY_NAME[n] for n in APPLY_PARAMS)),
@@ -104,36 +114,19 @@ class PASDApply(DeclaredNode):
         # the engine's cap on the control image; steps and tiles are KSampler's business here: one untiled call
         check_planned_work(image.shape[2], image.shape[1], {**settings, "steps": 1, "latent_tile_size": UNTILED,
                                                             "latent_tile_overlap": 0})  # before any model or pixel work
+        require_comfyui("PASD Apply")
+        from .control import add_control
+        from .patch import check_model, patch_model
+
         check_model(model, adapter)
         controls = [control_image_for(picture, settings["scale"], settings["process_size"])
                     for picture in images.to_pil(image)]
         control = images.to_batch(controls)  # [B, H, W, 3], one size for the whole batch
         patched = patch_model(model, adapter)
-        positive, negative = self.with_control(adapter.control, control.movedim(-1, 1),
-                                               settings["conditioning_scale"], positive, negative)
+        positive, negative = add_control(adapter.control, control, settings["conditioning_scale"], positive, negative)
         batch, height, width, _ = control.shape
         if adapter.family == SD15:
             latent = vae.encode(control)
         else:
             latent = torch.zeros([batch, 4, height // 8, width // 8])
         return patched, positive, negative, {"samples": latent}
-
-    @staticmethod
-    def with_control(control: Any, hint: Any, strength: float, *conditionings: list) -> tuple[list, ...]:
-        """The conditionings with the PASD control added, as core's Apply ControlNet node adds one (chaining any
-        ControlNet already there; one copy per distinct previous ControlNet)."""
-        copies: dict[Any, Any] = {}
-        out = []
-        for conditioning in conditionings:
-            entries = []
-            for embedding, options in conditioning:
-                options = options.copy()
-                previous = options.get("control")
-                if previous not in copies:
-                    copies[previous] = control.copy().set_cond_hint(hint, strength, (0.0, 1.0))
-                    copies[previous].set_previous_controlnet(previous)
-                options["control"] = copies[previous]
-                options["control_apply_to_uncond"] = False
-                entries.append([embedding, options])
-            out.append(entries)
-        return tuple(out)

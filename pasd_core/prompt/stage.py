@@ -16,21 +16,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..model_family import SD15, SDXL
-from ..params import ParamError
+from ..params import CAPTION, CLASSIFICATION, GRAYSCALE, ParamError
+from .folders import KINDS
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ..weights.captioners import Captioner, Classifier
+    from .models import Captioner, Classifier
 
 logger = logging.getLogger(__name__)
 
-CAPTION, CLASSIFICATION, NONE = "caption", "classification", "none"
-REALISR, GRAYSCALE = "realisr", "grayscale"
 # official threshold: a class is named only when its softmax score reaches it
 CLASS_THRESHOLD = 0.1
 # Words test_pasd.py cleans out of a CoCa caption; test_pasd_sdxl.py also turns "painting" into "photo".
@@ -41,6 +41,18 @@ CAPTION_REPLACEMENTS = {
 # The grayscale branch's fixed negative prompt and its one rewrite of the prompt.
 COLORIZE_NEGATIVE_PROMPT = "b&w, color bleeding"
 COLORIZE_REWRITE = ("black and white", "color")
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """What the prompt stage reads of a run's resolved settings."""
+
+    high_level_info: str
+    prompt: str
+    added_prompt: str
+    negative_prompt: str
+    family: str  # SD15 or SDXL: the caption's cleaning differs
+    control_type: str  # REALISR or GRAYSCALE: colorization rewrites the prompt
 
 
 @dataclass(frozen=True)
@@ -69,19 +81,13 @@ def leading_text(high_level_info: str, prompt: str, description: str = "", score
     return "" if prompt == "" else f"{prompt}, "
 
 
-def run_prompt(settings: dict[str, Any], control_type: str, description: str = "",
-               score: float | None = None) -> RunPrompt:
-    """The prompt pair of one image from its description (already cleaned) and the resolved settings."""
-    text = leading_text(settings["high_level_info"], settings["prompt"], description, score)
-    shown = description if settings["high_level_info"] == CAPTION or text else ""
-    if control_type == GRAYSCALE:  # the colorization branch ignores added_prompt and negative_prompt
+def run_prompt(settings: PromptSettings, description: str = "", score: float | None = None) -> RunPrompt:
+    """The prompt pair of one image from its description (already cleaned) and the run's settings."""
+    text = leading_text(settings.high_level_info, settings.prompt, description, score)
+    shown = description if settings.high_level_info == CAPTION or text else ""
+    if settings.control_type == GRAYSCALE:  # the colorization branch ignores added_prompt and negative_prompt
         return RunPrompt(text.replace(*COLORIZE_REWRITE), COLORIZE_NEGATIVE_PROMPT, shown)
-    return RunPrompt(text + settings["added_prompt"], settings["negative_prompt"], shown)
-
-
-def colorize_input(image: Image.Image) -> Image.Image:
-    """The grayscale branch's input: luminance (PIL's ITU-R 601 "L"), as RGB; it is also what gets described."""
-    return image.convert("L").convert("RGB")
+    return RunPrompt(text + settings.added_prompt, settings.negative_prompt, shown)
 
 
 class PromptStage:
@@ -94,33 +100,39 @@ class PromptStage:
         self.classifier = classifier
         self.make_room = make_room
 
+    @classmethod
+    def load(cls, caption_model: str | Path | None = None, classifier_model: str | Path | None = None,
+             make_room: Callable[[int, str], None] | None = None) -> PromptStage:
+        """The prompt stage with the models given (each loaded once, on the CPU)."""
+        from .models import load_captioner, load_classifier
+
+        return cls(load_captioner(caption_model) if caption_model is not None else None,
+                   load_classifier(classifier_model) if classifier_model is not None else None, make_room)
+
     def needs(self, high_level_info: str) -> None:
         """Refuse, before any work, a setting whose model was not loaded."""
-        if high_level_info == CAPTION and self.captioner is None:
+        kind = KINDS.get(high_level_info)
+        loaded = {CAPTION: self.captioner, CLASSIFICATION: self.classifier}.get(high_level_info)
+        if kind is not None and loaded is None:
+            default = " (the default, as the official PASD)" if high_level_info == CAPTION else ""
             raise ParamError(
-                "high_level_info='caption' (the default, as the official PASD) needs the CoCa captioner, and none "
-                "was loaded: give --caption-model / caption_model (get it with: python -m pasd_core download "
-                "--captioner), or set high_level_info to 'none' to sample from your prompt alone.")
-        if high_level_info == CLASSIFICATION and self.classifier is None:
-            raise ParamError(
-                "high_level_info='classification' needs the ResNet-50 classifier, and none was loaded: give "
-                "--classifier-model / classifier_model (get it with: python -m pasd_core download --classifier), "
-                "or set high_level_info to 'caption' or 'none'.")
+                f"high_level_info={high_level_info!r}{default} needs {kind.what}, and none was loaded: give "
+                f"{kind.cli_option} / {kind.node_input} (get it with: {kind.download_command}), or set high_level_info "
+                "to 'none' to sample from your prompt alone.")
 
-    def describe(self, image: Image.Image, settings: dict[str, Any], family: str, control_type: str,
-                 device: torch.device) -> RunPrompt:
+    def describe(self, image: Image.Image, settings: PromptSettings, device: torch.device) -> RunPrompt:
         """The prompt pair for `image` as opened (RGB, before any resize; in grayscale mode its luminance)."""
-        mode = settings["high_level_info"]
+        mode = settings.high_level_info
         self.needs(mode)
         if mode == CAPTION:
-            caption = clean_caption(self._on(self.captioner, device, lambda m: m.caption(image)), family)
-            result = run_prompt(settings, control_type, caption)
+            caption = self._on(self.captioner, device, lambda m: m.caption(image))
+            result = run_prompt(settings, clean_caption(caption, settings.family))
         elif mode == CLASSIFICATION:
             category, score = self._on(self.classifier, device, lambda m: m.classify(image))
             logger.info("PASD: classified as %r (score %.3f; named from %.1f)", category, score, CLASS_THRESHOLD)
-            result = run_prompt(settings, control_type, category, score)
+            result = run_prompt(settings, category, score)
         else:
-            result = run_prompt(settings, control_type)
+            result = run_prompt(settings)
         logger.info("PASD: prompt %r", result.prompt)
         return result
 

@@ -1,6 +1,6 @@
 """PACA on a clone of ComfyUI's MODEL, through ModelPatcher's own patch points.
 
-Where PACA must run (pasd_core/models/unet.py): in every output block, on the scaled ControlNet residual of the
+Where PACA must run (pasd_core/models/layout.py): in every output block, on the scaled ControlNet residual of the
 skip that block concatenates, after the block's text attention (or its ResBlock where the level has none) and
 before its Upsample; pasd_light instead inside each transformer block, after the text attention.
 Why these patch points (ComfyUI 0.3.64, comfy/ldm/modules/diffusionmodules/openaimodel.py and attention.py):
@@ -13,7 +13,7 @@ Why these patch points (ComfyUI 0.3.64, comfy/ldm/modules/diffusionmodules/opena
 - pasd_light needs the hidden state after `x = attn2(norm2(x)) + x`; BasicTransformerBlock gives `middle_patch`
   the state that attn2's output is added to, and `attn2_output_patch` that output: together they add
   attn2_plus(norm2_plus(x + n)) with no copy of ComfyUI's code.
-- The residuals reach both through transformer_options (native_control.py); PACA's weights are an additional
+- The residuals reach both through transformer_options (control.py); PACA's weights are an additional
   model of the clone (ModelPatcher.set_additional_models), which ComfyUI loads and offloads with the UNet.
 Patch objects return themselves from deepcopy: ModelPatcher.clone deep-copies model_options, and the PACA
 weights they refer to must be shared, not duplicated, between clones.
@@ -24,16 +24,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import comfy.latent_formats
 import torch
+from comfy.ldm.modules.diffusionmodules import openaimodel
 from torch import nn
 
-from ..pasd_core.errors import ModelMismatchError
-from ..pasd_core.model_family import LABELS, SD15, SDXL
-from . import host
-from .native_adapter import PASDAdapter
-from .native_control import RESIDUALS, PixelResiduals
+from ...pasd_core.errors import ModelMismatchError
+from ...pasd_core.model_family import LABELS, SD15, SDXL
+from .adapter import PASDAdapter
+from .control import RESIDUALS, PixelResiduals
+from .ldm import ldm_unet_config
 
-NEEDED_BY = "PASD Apply"
 STEP_NAME = "pasd_pixel_attention"
 ADDITIONAL_MODELS_KEY = "pasd_adapter"
 ALREADY_PATCHED = ("model already carries a PASD adapter: connect PASD Apply to the MODEL from Load Checkpoint (or a "
@@ -120,11 +121,10 @@ class LightPixelPatch(SharedPatch):
 
 def model_family(model: Any) -> str | None:
     """SD15 or SDXL for a ComfyUI MODEL, from its latent format (None for any other model)."""
-    latent_formats = host.comfy_module("comfy.latent_formats", NEEDED_BY)
     latent_format = getattr(model.model, "latent_format", None)
-    if isinstance(latent_format, latent_formats.SDXL):
+    if isinstance(latent_format, comfy.latent_formats.SDXL):
         return SDXL
-    if isinstance(latent_format, latent_formats.SD15):
+    if isinstance(latent_format, comfy.latent_formats.SD15):
         return SD15
     return None
 
@@ -139,7 +139,7 @@ def check_model(model: Any, adapter: PASDAdapter) -> None:
             f"in Load Checkpoint, or pick a PASD adapter of the model's family.")
     unet_config = getattr(model.model, "model_config", None)
     unet_config = getattr(unet_config, "unet_config", {}) or {}
-    expected = adapter.layout.ldm_unet_config()
+    expected = ldm_unet_config(adapter.layout)
     for key in ("model_channels", "context_dim", "channel_mult"):
         if key in unet_config and list(map(int, _as_list(unet_config[key]))) != list(map(int, _as_list(expected[key]))):
             raise ModelMismatchError(
@@ -154,7 +154,6 @@ def _as_list(value: Any) -> list:
 
 def _with_step(block: nn.Module, index: int) -> nn.Module:
     """A copy of output block `block` with a PixelAttentionStep before its Upsample (or at its end)."""
-    openaimodel = host.comfy_module("comfy.ldm.modules.diffusionmodules.openaimodel", NEEDED_BY)
     children = list(block.named_children())
     if any(isinstance(child, PixelAttentionStep) for _, child in children):
         raise ModelMismatchError(ALREADY_PATCHED)
@@ -170,7 +169,7 @@ def patch_model(model: Any, adapter: PASDAdapter) -> Any:
         raise ModelMismatchError(ALREADY_PATCHED)
     patched = model.clone()
     if adapter.variant == "pasd":
-        for out in adapter.layout.output_layers():
+        for out in adapter.layout.up_layers():
             name = f"diffusion_model.output_blocks.{out.output_block}"
             patched.add_object_patch(name, _with_step(patched.get_model_object(name), out.output_block))
         patched.set_model_forward_timestep_embed_patch((PixelAttentionStep, PixelAttentionPatch(adapter)))

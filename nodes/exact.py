@@ -1,4 +1,5 @@
-"""Local PASD nodes: load a model, super-resolve or stylize an IMAGE batch, colour-correct."""
+"""The exact-engine nodes: load a PASD model (PASD Model Loader), super-resolve, stylize or colorize an IMAGE batch
+with it (PASD Upscale), as the official PASD code does."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from typing import Any
 
 # The table is read at call time (table.X), so every input follows it, even when patched in a test.
 from ..pasd_core import params as table
-from ..pasd_core.engine.work_limits import check_planned_work
 from . import host, images
 from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
 from .model_choices import NONE, base_model_choices
-
-SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses (seed + i) mod 2**64
 
 
 def base_model_path(choice: str) -> str:
@@ -36,26 +34,6 @@ def vae_path(choice: str) -> str | None:
         return None
     is_folder = choice in host.model_dirs("vae", choices.VAE_FOLDER_MARKERS)
     return host.model_path("vae", choice, folder=is_folder, input_name="vae")
-
-
-def prompt_model_inputs(optional: bool = True) -> list[Input]:
-    """The prompt stage's model dropdowns (models/pasd_prompt), shared by the loader and PASD Prompt."""
-    return [
-        combo("caption_model", choices.captioner_choices(),
-              "CoCa captioner folder from models/pasd_prompt, for high_level_info caption (the official default: the "
-              "caption leads the prompt). None yet? python -m pasd_core download --captioner --models-dir "
-              "<ComfyUI>/models, then press R; none loads no captioner.", optional=optional),
-        combo("classifier_model", choices.classifier_choices(),
-              "ResNet-50 classifier folder from models/pasd_prompt, for high_level_info classification (python -m "
-              "pasd_core download --classifier); none loads no classifier.", optional=optional),
-    ]
-
-
-def missing_prompt_models(caption_model: str, classifier_model: str) -> list[str | None]:
-    return [None if caption_model in choices.captioner_choices() and caption_model != choices.NO_CAPTIONER else
-            choices.missing_prompt_model("caption_model", caption_model),
-            None if classifier_model in choices.classifier_choices() else
-            choices.missing_prompt_model("classifier_model", classifier_model)]
 
 
 def control_type_problem(pasd_model: str, control_type: str) -> str | None:
@@ -112,7 +90,7 @@ class PASDModelLoader(DeclaredNode):
                   "the base's VAE.", optional=True),
             # optional and after vae, so workflows saved before them keep their widget positions
             replace(from_param(table.BY_NAME["control_type"]), optional=True),
-            *prompt_model_inputs(),
+            *choices.prompt_model_inputs(),
         )
 
     @classmethod
@@ -132,7 +110,7 @@ class PASDModelLoader(DeclaredNode):
             None if lcm_lora in choices.optional_choices("loras") else
             choices.missing_file("lcm_lora", "loras", lcm_lora),
             None if vae in choices.vae_choices() else choices.missing_file("vae", "vae", vae),
-            *missing_prompt_models(caption_model, classifier_model),
+            *choices.missing_prompt_models(caption_model, classifier_model),
             None if pasd_missing else control_type_problem(pasd_model, control_type),
         ]
         return choices.refuse(problems)
@@ -179,61 +157,26 @@ class PASDUpscale(DeclaredNode):
             table.SAMPLER_PARAMS,
         )
 
-    def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any]:
+    def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any, str]:
         pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded
-        settings = table.for_family(table.validate(params, table.SAMPLER_PARAMS, lcm=pipeline.lcm), pipeline.family)
+        plan = pipeline.plan(params)  # the one validation of the run; refuses a captioner the loader did not load
         image = images.checked(image)
-        check_planned_work(image.shape[2], image.shape[1], settings)  # before any model moves or pixel converts
-        pipeline.prompt_stage.needs(settings["high_level_info"])  # a captioner/classifier the loader did not load
+        plan.check_work(image.shape[2], image.shape[1])  # before any model moves or pixel converts
         inputs = images.to_pil(image)
-        each = [{**settings, "seed": (settings["seed"] + i) % SEED_SPACE} for i in range(len(inputs))]
-        # the prompt stage first: its model visits the device alone, before PASD's weights move there
-        prompts = [pipeline.describe(picture, picture_settings) for picture, picture_settings in zip(inputs, each,
-                                                                                                      strict=True)]
-        host.free_memory(pipeline.memory_required(), str(pipeline.device))
-        pipeline.to(pipeline.device)
-        total = len(inputs) * pipeline.count_steps(*inputs[0].size, settings)
-        host.log.info("PASD: upscaling %d image(s) of %d×%d by %d, %d denoising steps in all", len(inputs),
-                      *inputs[0].size, settings["scale"], total)
+        total = len(inputs) * pipeline.count_steps(*inputs[0].size, plan)
+
+        def weights_to_device(prompts: list[Any]) -> None:
+            # after the prompt stage, whose model visits the device alone, before PASD's weights move there
+            host.free_memory(pipeline.memory_required(), str(pipeline.device))
+            pipeline.to(pipeline.device)
+            host.log.info("PASD: upscaling %d image(s) of %d×%d by %d, %d denoising steps in all", len(inputs),
+                          *inputs[0].size, plan["scale"], total)
+
         try:
             with host.cancellable() as should_stop, host.progress(total) as tick:
-                outputs = [pipeline.upscale(picture, picture_settings, prompt=prompt, on_step=tick,
-                                            should_stop=should_stop)
-                           for picture, picture_settings, prompt in zip(inputs, each, prompts, strict=True)]
+                outputs, prompts = pipeline.upscale_batch(inputs, plan, before_sampling=weights_to_device,
+                                                          on_step=tick, should_stop=should_stop)
         finally:
             if not host.keeps_models_on_device():
                 pipeline.offload()
         return images.to_batch(outputs), "\n".join(prompt.description for prompt in prompts)
-
-
-class PASDColorFix(DeclaredNode):
-    """Give an image the colours of a reference (e.g. the low-resolution input), keeping its detail."""
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "fix"
-
-    @classmethod
-    def method_input(cls) -> Input:
-        color_fix = from_param(table.BY_NAME["color_fix"])
-        choices = [c for c in color_fix.options["options"] if c != NONE]  # "none" would make the node a no-op
-        tooltip = f"How to match the colours: {' or '.join(choices)} (wavelet is what the official PASD does)."
-        return replace(color_fix, name="method", options={**color_fix.options, "options": choices, "tooltip": tooltip})
-
-    @classmethod
-    def inputs(cls) -> list[Input]:
-        return declare(socket("image", "IMAGE", "The image(s) to recolour, e.g. the output of PASD Upscale or VAE "
-                              "Decode; their detail is kept."),
-                       socket("reference", "IMAGE", "Its colours are applied (usually the original low-resolution "
-                              "image): one for the whole batch or one per image, resized to the image if needed."),
-                       cls.method_input())
-
-    def fix(self, image: Any, reference: Any, method: str) -> tuple[Any]:
-        choices = self.method_input().options["options"]
-        if method not in choices:
-            raise table.ParamError(f"method={method!r} is not allowed: use one of {', '.join(choices)}.")
-        from ..pasd_core.engine.color import color_fix_tensor
-
-        image, reference = images.checked(image, "image"), images.checked(reference, "reference")
-        reference = images.match_batch(reference, image.shape[0], "reference")
-        fixed = color_fix_tensor(images.channels_first(image), images.channels_first(reference, "reference"), method)
-        return (fixed.permute(0, 2, 3, 1).contiguous(),)

@@ -13,14 +13,21 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import comfy.cldm.cldm
+import comfy.controlnet
+import comfy.model_management
+import comfy.ops
+import comfy.utils
 import torch
+from comfy.ldm.modules.diffusionmodules import openaimodel
 
-from ..pasd_core.errors import ModelError
-from . import host
-from .native_config import PASDLayout, groups_ops
+from nodes import ControlNetApplyAdvanced  # ComfyUI's own nodes.py
+
+from ...pasd_core.errors import ModelError
+from ...pasd_core.models.layout import PASDLayout
+from .ldm import groups_ops, ldm_unet_config, norm_groups
 
 RESIDUALS = "pasd_pixel_residuals"  # transformer_options key: this call's PixelResiduals
-NEEDED_BY = "PASD Adapter Loader"
 
 
 class PixelResiduals:
@@ -53,40 +60,34 @@ def add_controls(own: dict | None, previous: dict | None) -> dict | None:
     return merged
 
 
-@functools.cache
-def control_class() -> type:
-    """PASDControl, made once ComfyUI is importable (it extends comfy.controlnet.ControlNet)."""
-    controlnet = host.comfy_module("comfy.controlnet", NEEDED_BY)
+class PASDControl(comfy.controlnet.ControlNet):
+    """ComfyUI's ControlNet that also hands its own scaled residuals to PACA through transformer_options."""
 
-    class PASDControl(controlnet.ControlNet):
-        def get_control(self, x_noisy: Any, t: Any, cond: dict, batched_number: int,
-                        transformer_options: dict) -> dict | None:
-            previous = self.previous_controlnet
-            theirs = None
-            if previous is not None:
-                theirs = previous.get_control(x_noisy, t, cond, batched_number, transformer_options)
-            self.previous_controlnet = None  # so the base class returns PASD's residuals alone
-            try:
-                own = super().get_control(x_noisy, t, cond, batched_number, transformer_options)
-            finally:
-                self.previous_controlnet = previous
-            transformer_options[RESIDUALS] = None if own is None else PixelResiduals(own["output"])
-            return add_controls(own, theirs)
+    def get_control(self, x_noisy: Any, t: Any, cond: dict, batched_number: int,
+                    transformer_options: dict) -> dict | None:
+        previous = self.previous_controlnet
+        theirs = None
+        if previous is not None:
+            theirs = previous.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        self.previous_controlnet = None  # so the base class returns PASD's residuals alone
+        try:
+            own = super().get_control(x_noisy, t, cond, batched_number, transformer_options)
+        finally:
+            self.previous_controlnet = previous
+        transformer_options[RESIDUALS] = None if own is None else PixelResiduals(own["output"])
+        return add_controls(own, theirs)
 
-        def copy(self) -> "PASDControl":
-            copied = PASDControl(None, global_average_pooling=self.global_average_pooling,
-                                 load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
-            copied.control_model = self.control_model
-            copied.control_model_wrapped = self.control_model_wrapped
-            self.copy_to(copied)
-            return copied
-
-    return PASDControl
+    def copy(self) -> "PASDControl":
+        copied = PASDControl(None, global_average_pooling=self.global_average_pooling,
+                             load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
+        copied.control_model = self.control_model
+        copied.control_model_wrapped = self.control_model_wrapped
+        self.copy_to(copied)
+        return copied
 
 
 def _hint_block(layout: PASDLayout, channels: list[int], ops: Any, dtype: torch.dtype, device: Any) -> Any:
     """PASD's conditioning embedding (conv_in, blocks, conv_out; SiLU between) as ComfyUI's input_hint_block."""
-    openaimodel = host.comfy_module("comfy.ldm.modules.diffusionmodules.openaimodel", NEEDED_BY)
     conv = functools.partial(ops.conv_nd, 2, kernel_size=3, padding=1, dtype=dtype, device=device)
     layers = [conv(layout.config["conditioning_channels"], channels[0]), torch.nn.SiLU()]
     for channels_in, channels_out in zip(channels[:-1], channels[1:], strict=False):
@@ -98,8 +99,7 @@ def _hint_block(layout: PASDLayout, channels: list[int], ops: Any, dtype: torch.
 
 def _ldm_keys(ldm_config: dict[str, Any], state: dict[str, torch.Tensor], hint_convs: int) -> dict[str, str]:
     """diffusers ControlNetModel key → ComfyUI cldm.ControlNet key."""
-    utils = host.comfy_module("comfy.utils", NEEDED_BY)
-    keys = dict(utils.unet_to_diffusers(ldm_config))
+    keys = dict(comfy.utils.unet_to_diffusers(ldm_config))
     keys.update({f"controlnet_mid_block.{w}": f"middle_block_out.0.{w}" for w in ("weight", "bias")})
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("controlnet_down_blocks.")}
     for i in blocks:
@@ -114,17 +114,15 @@ def _ldm_keys(ldm_config: dict[str, Any], state: dict[str, torch.Tensor], hint_c
 
 def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
     """ComfyUI's ControlNet (cldm) for a PASD controlnet/ folder's config and weights, ready for the control path."""
-    model_management = host.comfy_module("comfy.model_management", NEEDED_BY)
-    comfy_ops = host.comfy_module("comfy.ops", NEEDED_BY)
-    cldm = host.comfy_module("comfy.cldm.cldm", NEEDED_BY)
     layout = PASDLayout(config)
-    ldm_config = layout.ldm_unet_config()
+    ldm_config = ldm_unet_config(layout)
+    model_management = comfy.model_management
     dtype = model_management.unet_dtype(model_params=-1, weight_dtype=next(iter(state.values())).dtype)
     load_device, offload_device = model_management.get_torch_device(), model_management.unet_offload_device()
     manual_cast_dtype = model_management.unet_manual_cast(dtype, load_device)
-    ops = groups_ops(comfy_ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True), layout.groups)
+    ops = groups_ops(comfy.ops.pick_operations(dtype, manual_cast_dtype, disable_fast_fp8=True), norm_groups(layout))
     arguments = {k: v for k, v in ldm_config.items() if k != "out_channels"}
-    model = cldm.ControlNet(hint_channels=config["conditioning_channels"], operations=ops, dtype=dtype,
+    model = comfy.cldm.cldm.ControlNet(hint_channels=config["conditioning_channels"], operations=ops, dtype=dtype,
                             device=offload_device, **arguments)
     hint_channels = list(config["conditioning_embedding_out_channels"])
     model.input_hint_block = _hint_block(layout, hint_channels, ops, dtype, offload_device)
@@ -138,5 +136,12 @@ def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source
                          f"(e.g. {result.unexpected_keys[:3]}).")
     model = model.to(offload_device, dtype).eval().requires_grad_(False)
     bgr = config.get("controlnet_conditioning_channel_order") == "bgr"
-    return control_class()(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
-                           preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
+    return PASDControl(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
+                       preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
+
+
+def add_control(control: PASDControl, image: torch.Tensor, strength: float, positive: list,
+                negative: list) -> tuple[list, list]:
+    """Both conditionings with the PASD control on `image` ([B, H, W, 3]) for the whole schedule, by core's Apply
+    ControlNet node (which chains any ControlNet already there)."""
+    return ControlNetApplyAdvanced().apply_controlnet(positive, negative, control, image, strength, 0.0, 1.0)
