@@ -5,7 +5,7 @@ parameter then seeded, since open_clip leaves the decoder's text_projection as t
 folder (open_clip_config.json as the download writes it, open_clip_model.safetensors) and loaded by the pack's
 `load_captioner`; `caption` is the official search (6 beams in 3 groups, up to 30 tokens). Random weights seldom
 emit <end_of_text>, so the search usually runs the full 30 tokens: the worst case. The classifier is torchvision's
-ResNet-50 with tools/prompt_models.py's seeded weights, loaded by `load_classifier`. The run is
+ResNet-50 with tests/support/prompt_models.py's seeded weights, loaded by `load_classifier`. The run is
 `PASDPipeline.upscale` of the medium-size random-weight PASD-SD1.5 (bench/medium_checkpoint.py, built once into
 --cache) at scale 1 with high_level_info "none", CPU fp32. Each call is timed once, loading excluded, as the first
 call after loading (no warm-up), as in a CLI run; the ratios come from one run on one machine.
@@ -37,7 +37,7 @@ from pasd_core.engine import caption_search  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.weights.captioners import CAPTIONER_WEIGHTS, load_captioner, load_classifier  # noqa: E402
 from pasd_core.weights.prompt_folders import OFFICIAL_CAPTIONER, write_captioner_config  # noqa: E402
-from tools.prompt_models import write_classifier_folder  # noqa: E402
+from support.prompt_models import write_classifier_folder  # noqa: E402
 
 PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
 

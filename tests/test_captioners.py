@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT, TINY_COCA, case_data
 from pasd_core.engine.caption_search import decode_caption, generate_caption_tokens
 from pasd_core.errors import ModelError
 from pasd_core.weights.captioners import (
@@ -29,6 +28,7 @@ from pasd_core.weights.captioners import (
     load_captioner,
     load_classifier,
 )
+from support.paths import ROOT, TINY_COCA, case_data
 
 CAPTION_CASES = ["P1_sd15_caption", "P2_sdxl_caption_prompt", "P5_color_caption", "P7_sd15_caption_tiled"]
 CLASSIFICATION_CASES = ["P3_classification_above", "P4_classification_below"]

@@ -17,10 +17,10 @@ import zlib
 from urllib.parse import quote
 
 import pytest
-from fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 from pasd_core.errors import Interrupted
 from pasd_core.fal import FalError, FalQueueClient
+from support.fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from pasd_core.engine.device import resolve_dtype
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.model_family import SD15, SDXL
+from support.paths import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_lcm import lcm_pipeline  # noqa: E402

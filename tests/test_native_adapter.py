@@ -13,8 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from comfy_fixtures import CHECKPOINTS, REPO, SDXL_CHECKPOINTS, pack_module
-from comfyui_server import require
+
+from support.comfyui import pack_module
+from support.comfyui_server import require
+from support.paths import CHECKPOINTS, ROOT, SDXL_CHECKPOINTS
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
@@ -32,8 +34,8 @@ SEEN = 1e-3  # without PACA (or without PASD) the eps must differ by far more th
 def run_comfy_side(*folders: Path) -> dict:
     require(COMFYUI_DIR, "a ComfyUI (COMFYUI_DIR is not set)", SETUP)
     require(COMFYUI_PYTHON and os.access(COMFYUI_PYTHON, os.X_OK), "ComfyUI's Python (COMFYUI_PYTHON)", SETUP)
-    done = subprocess.run([COMFYUI_PYTHON, str(REPO / "tests" / "native_parity_comfy.py"), COMFYUI_DIR,
-                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    done = subprocess.run([COMFYUI_PYTHON, str(ROOT / "tests" / "native_parity_comfy.py"), COMFYUI_DIR,
+                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PARITY ")]
     assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return json.loads(lines[-1].removeprefix("PARITY "))

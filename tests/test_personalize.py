@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import (
+
+from pasd_core.errors import ModelError
+from pasd_core.models import PASDUNet
+from pasd_core.weights.personalize import apply_lora, apply_personalized_model
+from support.sd_checkpoints import (
     PASD_UNET_CONFIG,
     original_state_dict,
     perturb,
@@ -15,10 +19,6 @@ from tiny_checkpoints import (
     write_original_sd_file,
     write_state_dict,
 )
-
-from pasd_core.errors import ModelError
-from pasd_core.models import PASDUNet
-from pasd_core.weights.personalize import apply_lora, apply_personalized_model
 
 
 def pasd_models(variant: str):

@@ -12,15 +12,16 @@ import pytest
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
-from tiny_checkpoints import perturb, read_config
 
-from conftest import FAST_SETTINGS, MODELS, PASD_SDXL, SDXL_BASE, case_data
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine.color import color_fix
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.engine.sampler import control_image_for
 from pasd_core.errors import Interrupted, ModelError, ModelMismatchError, ModelNotFoundError
 from pasd_core.weights.download import REFINER, ensure_refiner
+from support.paths import MODELS, PASD_SDXL, SDXL_BASE, case_data
+from support.sd_checkpoints import perturb, read_config
+from support.settings import FAST_SETTINGS
 
 IMAGE = Image.open(case_data("X1_sdxl_fal_defaults")["dir"] / "input.png").convert("RGB")
 SETTINGS = {**FAST_SETTINGS, "high_level_info": "none", "prompt": "a red barn"}  # prompt stage tested elsewhere

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import original_state_dict, read_config, write_kohya_lora, write_state_dict
 
-from conftest import PASD
 from pasd_core.models import PASDControlNet, PASDUNet
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR
+from support.paths import PASD
+from support.sd_checkpoints import original_state_dict, read_config, write_kohya_lora, write_state_dict
 
 BASE_FILE = "v1-5-pruned-emaonly.safetensors"
 STYLE_FILE = "toonyou_beta6.safetensors"

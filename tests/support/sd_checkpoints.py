@@ -1,9 +1,11 @@
-"""Test helpers: tiny SD1.5 modules and the files users download for them.
+"""Tiny SD1.5 modules, the files users download for them, and tiny PASD checkpoints of other architectures.
 
 `write_original_sd_file` writes diffusers/transformers modules as an original-layout (CompVis/LDM)
 single file, the reverse of diffusers' `convert_ldm_*_checkpoint`, with explicit renaming rules
 (the layout facts are those of diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py).
 `write_kohya_lora` writes a kohya-style LoRA and returns the weight change each layer should get.
+`write_pasd_checkpoint` writes a small random PASD checkpoint in the official on-disk layout, for architectures the
+fixtures lack.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from conftest import PASD, SD15
+from support.paths import PASD, SD15
 
 PASD_UNET_CONFIG = PASD / "unet" / "config.json"
 
@@ -177,3 +179,35 @@ def write_kohya_lora(path: Path, unet, text_encoder, rank: int = 2, seed: int = 
             deltas[(component, name)] = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
     write_state_dict(path, state)
     return deltas
+
+
+def _pasd_config(component: str, **overrides) -> dict:
+    config = json.loads((PASD / component / "config.json").read_text())
+    config.update(overrides)
+    return config
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in model.state_dict().items()}
+
+
+def write_pasd_checkpoint(folder: Path, variant: str = "pasd", *, rrdb: bool = False, seed: int = 0,
+                          **architecture) -> Path:
+    """`folder/unet` and `folder/controlnet`, each config.json + diffusion_pytorch_model.safetensors."""
+    from pasd_core.models import PASDControlNet, PASDUNet
+
+    shared = {k: v for k, v in architecture.items()}
+    unet_config = _pasd_config("unet", **shared)
+    control_config = _pasd_config("controlnet", use_rrdb=rrdb, **{k: v for k, v in shared.items()
+                                                                  if k not in ("up_block_types", "sample_size")})
+    unet = PASDUNet.from_pasd_config(unet_config, variant)
+    keys = {"controlnet_cond_embedding.to_rgbs.0.weight"}
+    if rrdb:
+        keys.add("controlnet_cond_embedding.preprocesser.0.rdb1.conv1.weight")
+    controlnet = PASDControlNet.from_pasd_config(control_config, keys)
+    for name, config, model, offset in (("unet", unet_config, unet, 0), ("controlnet", control_config, controlnet, 1)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(_randomize(model, seed + offset), folder / name / "diffusion_pytorch_model.safetensors")
+    return folder

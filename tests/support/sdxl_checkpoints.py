@@ -1,4 +1,4 @@
-"""Test helpers: the fixtures' tiny SDXL base written as the single file a ComfyUI user downloads.
+"""The fixtures' tiny SDXL base written as the single file a ComfyUI user downloads.
 
 `sdxl_original_state_dict` is the reverse of `pasd_core.weights.sdxl_file`'s readers, from its own table of
 the original (SGM) layout: CLIP ViT-L under `conditioner.embedders.0.transformer.` in transformers' names,
@@ -12,7 +12,9 @@ import math
 from pathlib import Path
 
 import torch
-from tiny_checkpoints import (
+
+from support.paths import PASD_SDXL, SDXL_BASE
+from support.sd_checkpoints import (
     LORA_TARGETS,
     original_state_dict,
     perturb,
@@ -20,8 +22,6 @@ from tiny_checkpoints import (
     unet_key_to_original,
     write_state_dict,
 )
-
-from conftest import PASD_SDXL, SDXL_BASE
 
 # transformers' CLIP names (below `text_model.`) → OpenCLIP's, for the whole model and inside each block
 _TO_OPEN_CLIP_TOP = {
