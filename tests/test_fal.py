@@ -1,4 +1,4 @@
-"""The fal-ai/pasd client against a local stub of fal's queue API (tests/fal_stub.py); no network."""
+"""The fal-ai/pasd client against a local stub of fal's queue API (tests/support/fal_stub.py); no network."""
 
 from __future__ import annotations
 

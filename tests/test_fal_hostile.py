@@ -1,4 +1,4 @@
-"""The fal client against a broken or hostile server (tests/fal_stub.py misbehaving on demand).
+"""The fal client against a broken or hostile server (tests/support/fal_stub.py misbehaving on demand).
 
 What a user must be able to count on, whatever the server does: the key is never shown and never
 sent anywhere but the configured queue; a batch ends at its deadline or within a second of being

@@ -1,5 +1,5 @@
 """End to end in a real ComfyUI: the native templates (core loaders and samplers around PASD Adapter Loader and
-PASD Apply) on checkpoints that ComfyUI's own Load Checkpoint and Load LoRA accept (tests/comfy_checkpoints.py).
+PASD Apply) on checkpoints that ComfyUI's own Load Checkpoint and Load LoRA accept (tests/support/comfy_checkpoints.py).
 
 - every native template passes ComfyUI's prompt validation (node_errors {}) once its models are present
   (tests/test_comfyui_e2e.py loads every template, these included, in ComfyUI's own front end);
