@@ -26,6 +26,7 @@ add_project_to_path()
 
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from support.paths import CASES, MODELS, SDXL_CASES, case_data  # noqa: E402
+from support.seeding import generator  # noqa: E402
 
 NAMES = ("init_latents", "final_latents_scaled", "decoded")
 NOISE_SEEDS = 5
@@ -69,12 +70,12 @@ def drift(seen: dict[str, np.ndarray], data: dict) -> list[float]:
 
 def with_ulp_noise(pipeline: PASDPipeline, seed: int):
     """Forward hooks that perturb every network output by one relative ulp (returns the hook handles)."""
-    generator = torch.Generator().manual_seed(seed)
+    source = generator(seed)
     eps = torch.finfo(torch.float32).eps
 
     def perturb(output):
         if isinstance(output, torch.Tensor):
-            return output * (1 + eps * torch.randn(output.shape, generator=generator))
+            return output * (1 + eps * torch.randn(output.shape, generator=source))
         if isinstance(output, (tuple, list)):
             return type(output)(perturb(o) for o in output)
         return output

@@ -37,6 +37,7 @@ from pasd_core.weights.prompt_folders import OFFICIAL_CAPTIONER, write_captioner
 from support.medium_checkpoint import DEFAULT_CACHE, build_medium  # noqa: E402
 from support.prompt_models import write_classifier_folder  # noqa: E402
 from support.real_size import photo  # noqa: E402
+from support.seeding import seeded_noise  # noqa: E402
 
 PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
 
@@ -44,10 +45,8 @@ PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
 def seed_coca_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter drawn from one torch generator: matrices at 1/sqrt(fan in), norm scales around 1, biases and
     other vectors small, logit_scale at CLIP's init."""
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
+        for name, parameter, noise in seeded_noise(model.named_parameters(), seed):
             if name.endswith("logit_scale"):
                 parameter.fill_(math.log(1 / 0.07))
             elif parameter.ndim >= 2:  # `proj` / `text_projection` are applied as x @ P: their fan in is dim 0

@@ -187,17 +187,18 @@ def make_color_checkpoint(ck, seed=180000):
     import torch
     from safetensors.torch import load_file, save_file
 
+    from support.seeding import numpy_noise
+
     src = os.path.join(SD15, "pasd_light", "checkpoint-120000")
     for i, sub in enumerate(("unet", "controlnet")):
         os.makedirs(os.path.join(ck, sub), exist_ok=True)
         shutil.copyfile(os.path.join(src, sub, "config.json"), os.path.join(ck, sub, "config.json"))
         sd = load_file(os.path.join(src, sub, "diffusion_pytorch_model.safetensors"))
-        rng = np.random.default_rng(seed + i)
         out = {}
-        for k in sorted(sd):
-            t = sd[k].double().numpy()
+        for k, tensor, noise in numpy_noise(((k, sd[k]) for k in sorted(sd)), seed + i):
+            t = tensor.double().numpy()
             mean, std = float(t.mean()), float(t.std()) if t.size > 1 else 0.0
-            a = mean + std * rng.standard_normal(t.shape)
+            a = mean + std * noise
             out[k] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(sd[k].dtype)
         save_file(out, os.path.join(ck, sub, "diffusion_pytorch_model.safetensors"))
 

@@ -40,6 +40,7 @@ def build_medium(cache: Path) -> tuple[Path, Path]:
     from pasd_core.model_family import SD15
     from pasd_core.models import PASDControlNet, PASDUNet
     from support.real_size import CONFIG_DIRS, controlnet_config, randomize_, read_json
+    from support.seeding import seeded_init
 
     shutil.rmtree(cache, ignore_errors=True)
     config_dir = CONFIG_DIRS[SD15]
@@ -54,10 +55,11 @@ def build_medium(cache: Path) -> tuple[Path, Path]:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(pasd / part / "diffusion_pytorch_model.safetensors"))
 
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(config_dir / "text_encoder" / "config.json")))
+    with seeded_init(0):
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(config_dir / "text_encoder" / "config.json")))
+        vae = AutoencoderKL.from_config(read_json("vae"))
     text_encoder.save_pretrained(str(base / "text_encoder"), safe_serialization=True)
-    AutoencoderKL.from_config(read_json("vae")).save_pretrained(str(base / "vae"), safe_serialization=True)
+    vae.save_pretrained(str(base / "vae"), safe_serialization=True)
     for part in ("tokenizer", "scheduler"):
         shutil.copytree(config_dir / part, base / part)
     _write_json(base / "model_index.json", {"_class_name": "StableDiffusionPipeline"})

@@ -33,6 +33,7 @@ from pasd_core.weights.lcm_lora import apply_merges, read_lcm_lora
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR
 from pasd_core.weights.sdxl_file import SDXL_CONFIG_DIR
 from support.paths import PASD_SDXL, SDXL_BASE
+from support.seeding import generator, seeded_init, seeded_noise
 
 CONFIG_DIRS = {SD15: SD15_CONFIG_DIR, SDXL: SDXL_CONFIG_DIR}
 # PASD's ControlNet is diffusers' ControlNetModel.from_unet(SD UNet) with the default embedding channels
@@ -58,15 +59,13 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fan-in-scaled normal weights, unit norm scales, zero biases: activations stay in a normal range."""
     if list(model.buffers()):
         raise RuntimeError(f"{type(model).__name__} has buffers that to_empty would leave uninitialised")
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        matrices = [(name, p) for name, p in model.named_parameters() if p.ndim >= 2]  # the only ones drawn
+        for _, parameter, noise in seeded_noise(matrices, seed):
+            parameter.copy_(noise * (1.0 / math.sqrt(parameter[0].numel())))
         for name, parameter in model.named_parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, 1.0 / math.sqrt(parameter[0].numel()), generator=generator)
-            elif name.endswith("weight"):
-                parameter.fill_(1.0)
-            else:
-                parameter.zero_()
+            if parameter.ndim < 2:
+                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
     return model.eval().requires_grad_(False)
 
 
@@ -93,14 +92,15 @@ def build_base(family: str = SD15, text_layers: int | None = None) -> dict[str, 
         # float(): text_encoder_2's config says float16, which would leave some of its layers in half precision
         return model_class(config).float().eval().requires_grad_(False)
 
-    torch.manual_seed(0)
     tokenizers = SD15_CONFIG_DIR if family == SD15 else SDXL_BASE
-    parts = {"tokenizer": CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer"), local_files_only=True),
-             "text_encoder": text_encoder(CLIPTextModel, "text_encoder"),
-             "vae": AutoencoderKL.from_config(read_json("vae", family=family)).eval().requires_grad_(False)}
-    if family == SDXL:
-        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer_2"), local_files_only=True)
-        parts["text_encoder_2"] = text_encoder(CLIPTextModelWithProjection, "text_encoder_2")
+    with seeded_init(0):
+        parts = {"tokenizer": CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer"), local_files_only=True),
+                 "text_encoder": text_encoder(CLIPTextModel, "text_encoder"),
+                 "vae": AutoencoderKL.from_config(read_json("vae", family=family)).eval().requires_grad_(False)}
+        if family == SDXL:
+            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer_2"),
+                                                                 local_files_only=True)
+            parts["text_encoder_2"] = text_encoder(CLIPTextModelWithProjection, "text_encoder_2")
     return parts
 
 
@@ -124,7 +124,7 @@ def sampler_models(family: str, base: dict[str, Any], unet: PASDUNet, controlnet
 def random_lcm_lora(unet: torch.nn.Module, rank: int = 64, alpha: float = 8.0, seed: int = 3) -> dict[str, Any]:
     """A seeded kohya-format LoRA over the stock SD UNet's LCM_LORA_TARGETS (never PACA); each merged delta is about
     5% of its layer's weight scale, so the model stays well behaved."""
-    generator = torch.Generator().manual_seed(seed)
+    source = generator(seed)
     up_scale = 0.05 / ((alpha / rank) * math.sqrt(rank))  # delta std = 0.05 / sqrt(fan_in), as the weights' 1/sqrt
     tensors: dict[str, torch.Tensor] = {}
     for name, module in unet.named_modules():
@@ -133,10 +133,10 @@ def random_lcm_lora(unet: torch.nn.Module, rank: int = 64, alpha: float = 8.0, s
         weight = module.weight
         fan_in, kernel = weight[0].numel(), weight.shape[2:]
         key = "lora_unet_" + name.replace(".", "_")
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, *weight.shape[1:], generator=generator) / math.sqrt(
+        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, *weight.shape[1:], generator=source) / math.sqrt(
             fan_in)
         tensors[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, *[1] * len(kernel),
-                                                       generator=generator) * up_scale
+                                                       generator=source) * up_scale
         tensors[f"{key}.alpha"] = torch.tensor(alpha)
     return tensors
 
