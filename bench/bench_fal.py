@@ -1,4 +1,4 @@
-"""What the fal client itself costs, measured against the local fal stub (tests/fal_stub.py).
+"""What the fal client itself costs, measured against the local fal stub (tests/support/fal_stub.py).
 
 Prints two tables and never passes or fails on time:
 1. client overhead per image: wall time of one upscale minus the stub's own service time (its time
@@ -25,9 +25,8 @@ from PIL import Image
 
 add_project_to_path()
 
-from fal_stub import FalStub, Job, wait_until  # noqa: E402
-
 from pasd_core.fal import FalQueueClient, RetryPolicy, png_bytes, upscale_batch  # noqa: E402
+from support.fal_stub import FalStub, Job, wait_until  # noqa: E402
 
 KEY = "bench-key"
 

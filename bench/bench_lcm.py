@@ -1,6 +1,6 @@
 """What the LCM fast mode saves: a whole run at the usual step count against LCM at 4 steps, same weights.
 
-Builds the real-size PASD-SD1.5 networks with seeded random weights (bench_step_cost.py's builders) and a random
+Builds the real-size PASD-SD1.5 networks with seeded random weights (tests/support/real_size.py) and a random
 rank-64 LCM-LoRA over the stock UNet's attention, feed-forward and projection layers (the real LCM-LoRA's kind
 of layers; never PACA), merged by the engine's own LCM-LoRA reader. Runs `PASDPipeline.upscale` on CPU in fp32:
 UniPC at --steps with guidance 7.0 (CFG on, the table's default), then LCMScheduler at 4 steps with guidance 1.0
@@ -13,11 +13,7 @@ Needs about 6 GiB of RAM; prints a table, never asserts on time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,50 +21,9 @@ from common import add_project_to_path, machine_header, print_table, torch_threa
 
 add_project_to_path()
 
-from bench_step_cost import build_base, build_pasd, read_json, sampler_models, test_image  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.model_family import SD15  # noqa: E402
-from pasd_core.weights.lcm_lora import apply_merges, read_lcm_lora  # noqa: E402
-
-# The layer kinds latent-consistency/lcm-lora-sdv1-5 adapts inside the UNet's transformers.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
-
-
-def random_lcm_lora(unet: torch.nn.Module, rank: int = 64, alpha: float = 8.0, seed: int = 3) -> dict[str, Any]:
-    """A seeded kohya-format LoRA over the stock SD UNet's LORA_TARGETS; each merged delta is about 5% of its
-    layer's weight scale, so the model stays well behaved."""
-    generator = torch.Generator().manual_seed(seed)
-    up_scale = 0.05 / ((alpha / rank) * math.sqrt(rank))  # delta std = 0.05 / sqrt(fan_in), as the weights' 1/sqrt
-    tensors: dict[str, torch.Tensor] = {}
-    for name, module in unet.named_modules():
-        if "pixel_attentions" in name or not name.endswith(LORA_TARGETS):
-            continue
-        weight = module.weight
-        fan_in, kernel = weight[0].numel(), weight.shape[2:]
-        key = "lora_unet_" + name.replace(".", "_")
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, *weight.shape[1:], generator=generator) / math.sqrt(
-            fan_in)
-        tensors[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, *[1] * len(kernel),
-                                                       generator=generator) * up_scale
-        tensors[f"{key}.alpha"] = torch.tensor(alpha)
-    return tensors
-
-
-def lcm_pipeline(base: dict[str, Any], dtype: torch.dtype = torch.float32) -> PASDPipeline:
-    """Real-size PASD-SD1.5 (seeded random weights) with the random LCM-LoRA merged and LCMScheduler, on CPU."""
-    from diffusers import LCMScheduler
-
-    unet, controlnet = build_pasd("pasd", SD15)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "lcm_lora.safetensors"
-        save_file(random_lcm_lora(unet), str(path))
-        apply_merges(read_lcm_lora(unet, base["text_encoder"], path, SD15), path)
-    models = sampler_models(SD15, base, unet, controlnet, dtype)
-    models = dataclasses.replace(models, scheduler=LCMScheduler.from_config(read_json("scheduler",
-                                                                                       "scheduler_config.json")))
-    return PASDPipeline(models, "pasd", lcm=True)
+from support.real_size import build_base, build_pasd, lcm_pipeline, photo, sampler_models  # noqa: E402
 
 
 def normal_pipeline(base: dict[str, Any], dtype: torch.dtype = torch.float32) -> PASDPipeline:
@@ -78,7 +33,7 @@ def normal_pipeline(base: dict[str, Any], dtype: torch.dtype = torch.float32) ->
 
 def timed(pipeline: PASDPipeline, settings: dict[str, Any], size: int) -> float:
     start = time.perf_counter()
-    pipeline.upscale(test_image(size), settings)
+    pipeline.upscale(photo(size), settings)
     return time.perf_counter() - start
 
 

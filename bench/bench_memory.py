@@ -30,7 +30,10 @@ from typing import Any
 
 from common import ROOT, add_project_to_path, machine_header, print_table
 
-FIXTURES = ROOT / "tests" / "fixtures" / "pasd_official_tiny" / "checkpoints"
+add_project_to_path()
+
+from support.paths import PASD, SD15  # noqa: E402
+
 PHASES = ("encode", "denoise", "decode", "color_fix", "rest")
 FLOAT_RGB = 12  # bytes per pixel of one float32 RGB copy of the output
 
@@ -86,7 +89,6 @@ class PeakMemory:
 
 def child(args: argparse.Namespace) -> None:
     """One output size in this process; prints one JSON line."""
-    add_project_to_path()
     import torch
     from PIL import Image
 
@@ -137,8 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tile", type=int, default=32, help="latent_tile_size (latent pixels)")
     parser.add_argument("--overlap", type=int, default=8, help="latent_tile_overlap")
-    parser.add_argument("--checkpoint", type=Path, default=FIXTURES / "pasd" / "checkpoint-100000")
-    parser.add_argument("--base", type=Path, default=FIXTURES / "stable-diffusion-v1-5")
+    parser.add_argument("--checkpoint", type=Path, default=PASD)
+    parser.add_argument("--base", type=Path, default=SD15)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in each run (1: the tiny model's operations are too small to share)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)

@@ -10,7 +10,7 @@ fixtures moves, against the official values:
 - `ulp noise`: every UNet and ControlNet output multiplied by (1 + ε·N(0, 1)), ε = float32's
   machine epsilon, five noise seeds, the largest drift kept: a rounding difference at every network call.
 
-`tests/test_parity.py` sets its tolerances from these figures (INTERMEDIATE_TOLERANCES there).
+The parity tests set their tolerances from these figures (INTERMEDIATE_TOLERANCES in tests/support/parity.py).
 
     .venv/bin/python bench/bench_parity_drift.py
 """
@@ -24,8 +24,9 @@ from PIL import Image
 
 add_project_to_path()
 
-from conftest import CASES, MODELS, SDXL_CASES, case_data  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
+from support.paths import CASES, MODELS, SDXL_CASES, case_data  # noqa: E402
+from support.seeding import generator  # noqa: E402
 
 NAMES = ("init_latents", "final_latents_scaled", "decoded")
 NOISE_SEEDS = 5
@@ -69,12 +70,12 @@ def drift(seen: dict[str, np.ndarray], data: dict) -> list[float]:
 
 def with_ulp_noise(pipeline: PASDPipeline, seed: int):
     """Forward hooks that perturb every network output by one relative ulp (returns the hook handles)."""
-    generator = torch.Generator().manual_seed(seed)
+    source = generator(seed)
     eps = torch.finfo(torch.float32).eps
 
     def perturb(output):
         if isinstance(output, torch.Tensor):
-            return output * (1 + eps * torch.randn(output.shape, generator=generator))
+            return output * (1 + eps * torch.randn(output.shape, generator=source))
         if isinstance(output, (tuple, list)):
             return type(output)(perturb(o) for o in output)
         return output

@@ -5,8 +5,8 @@ parameter then seeded, since open_clip leaves the decoder's text_projection as t
 folder (open_clip_config.json as the download writes it, open_clip_model.safetensors) and loaded by the pack's
 `load_captioner`; `caption` is the official search (6 beams in 3 groups, up to 30 tokens). Random weights seldom
 emit <end_of_text>, so the search usually runs the full 30 tokens: the worst case. The classifier is torchvision's
-ResNet-50 with tools/prompt_models.py's seeded weights, loaded by `load_classifier`. The run is
-`PASDPipeline.upscale` of the medium-size random-weight PASD-SD1.5 (bench/medium_checkpoint.py, built once into
+ResNet-50 with tests/support/prompt_models.py's seeded weights, loaded by `load_classifier`. The run is
+`PASDPipeline.upscale` of the medium-size random-weight PASD-SD1.5 (tests/support/medium_checkpoint.py, built once into
 --cache) at scale 1 with high_level_info "none", CPU fp32. Each call is timed once, loading excluded, as the first
 call after loading (no warm-up), as in a CLI run; the ratios come from one run on one machine.
 
@@ -28,20 +28,17 @@ from common import DEFAULT_PACKAGES, add_project_to_path, machine_header, print_
 
 add_project_to_path()
 
-from bench_startup import DEFAULT_CACHE  # noqa: E402
-from bench_step_cost import test_image  # noqa: E402
-from medium_checkpoint import build_medium  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.prompt import search as caption_search  # noqa: E402
-from pasd_core.prompt.folders import (  # noqa: E402
-    CAPTIONER_WEIGHTS,
-    write_captioner_config,
-)
+from pasd_core.prompt.folders import CAPTIONER_WEIGHTS, write_captioner_config  # noqa: E402
 from pasd_core.prompt.models import load_captioner, load_classifier  # noqa: E402
 from pasd_core.prompt.open_clip_coca import OFFICIAL_CAPTIONER  # noqa: E402
-from tools.prompt_models import write_classifier_folder  # noqa: E402
+from support.medium_checkpoint import DEFAULT_CACHE, build_medium  # noqa: E402
+from support.prompt_models import write_classifier_folder  # noqa: E402
+from support.real_size import photo  # noqa: E402
+from support.seeding import seeded_noise  # noqa: E402
 
 PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
 
@@ -49,10 +46,8 @@ PACKAGES = (*DEFAULT_PACKAGES, "open_clip_torch", "torchvision")
 def seed_coca_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter drawn from one torch generator: matrices at 1/sqrt(fan in), norm scales around 1, biases and
     other vectors small, logit_scale at CLIP's init."""
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
+        for name, parameter, noise in seeded_noise(model.named_parameters(), seed):
             if name.endswith("logit_scale"):
                 parameter.fill_(math.log(1 / 0.07))
             elif parameter.ndim >= 2:  # `proj` / `text_projection` are applied as x @ P: their fan in is dim 0
@@ -113,7 +108,7 @@ def main() -> None:
     print(torch_threads_note())
     print(f"input {args.size}x{args.size} px, scale 1, process size {args.size}, {args.steps} steps; each call timed "
           "once, its first after loading")
-    image = test_image(args.size)
+    image = photo(args.size)
     base, pasd = build_medium(args.cache)
     pipeline = PASDPipeline.from_pretrained(base, pasd, device="cpu", dtype="fp32")
     settings = {"scale": 1, "process_size": args.size, "steps": args.steps, "high_level_info": "none", "seed": 0}

@@ -10,7 +10,7 @@ What is timed, per tree:
   `--help`, and a CLI run refused as bad input (over the work limit) after every check that needs no model;
 - tiny run: the CLI (`python -m pasd_core upscale`, in-process `main()`) on the SD1.5 parity fixture
   (64² input, process size 64, 10 steps); medium run: the same on a medium-size random-weight PASD (UNet and
-  ControlNet 64-128-256-256) on a real-size SD1.5 text encoder and VAE (bench/medium_checkpoint.py, built once
+  ControlNet 64-128-256-256) on a real-size SD1.5 text encoder and VAE (tests/support/medium_checkpoint.py, built once
   into `--cache`), 256² input, 20 steps, as in the issue's side-by-side run;
 - node run: the loader node then the upscale node, called from Python with the host fallbacks, torch already
   imported (ComfyUI imports it before any node runs), on the tiny fixture.
@@ -42,10 +42,11 @@ from common import ROOT, add_project_to_path, machine_header, print_table
 
 add_project_to_path()
 
-FIXTURES = ROOT / "tests" / "fixtures" / "pasd_official_tiny"
-TINY = (FIXTURES / "checkpoints" / "stable-diffusion-v1-5", FIXTURES / "checkpoints" / "pasd" / "checkpoint-100000")
+from support.medium_checkpoint import DEFAULT_CACHE  # noqa: E402
+from support.paths import FIXTURES, PASD, SD15  # noqa: E402
+
+TINY = (SD15, PASD)
 TINY_INPUT = FIXTURES / "cases" / "A_untiled" / "input.png"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "comfyui-pasd-bench" / "medium-sd15"
 # What a local SD1.5 run needs from the libraries, and nothing of this project
 LIBRARY_FLOOR = ("torch", "diffusers.models.unets.unet_2d_condition", "diffusers.models.controlnets.controlnet",
                  "diffusers.models.autoencoders.autoencoder_kl", "diffusers.schedulers.scheduling_unipc_multistep",
@@ -179,10 +180,10 @@ def tiny_models_dir(folder: Path) -> Path:
 
 
 def medium_input(folder: Path, size: int = 256) -> Path:
-    from bench_step_cost import test_image
+    from support.real_size import photo
 
     path = folder / f"input_{size}.png"
-    test_image(size).save(path)
+    photo(size).save(path)
     return path
 
 
@@ -271,7 +272,7 @@ def main() -> None:
         runs["node"] = ("node", {"models": str(models), "input": str(TINY_INPUT),
                                  "settings": {"scale": 1, "process_size": 64, "steps": 10}})
     if runs and args.medium:
-        from medium_checkpoint import build_medium
+        from support.medium_checkpoint import build_medium
 
         base, pasd = build_medium(args.cache)
         runs["medium"] = ("cli", cli_arguments(base, pasd, medium_input(work), work / "medium.png", 256,

@@ -1,7 +1,7 @@
 """What one denoising step costs at the real SD1.5 and SDXL sizes, and what the sampler itself adds to it.
 
-Builds the real-size PASD networks in memory with random weights, from the configs shipped in
-pasd_core/weights/{sd15,sdxl}/: SD1.5 (UNet 320-640-1280-1280 with PACA, ~0.9 B parameters) or SDXL
+Builds the real-size PASD networks in memory with random weights (tests/support/real_size.py), from the configs
+shipped in pasd_core/weights/{sd15,sdxl}/: SD1.5 (UNet 320-640-1280-1280 with PACA, ~0.9 B parameters) or SDXL
 (UNet 320-640-1280 with PACA, ~2.6 B), each with its ControlNet (conditioning channels 16-32-96-256, as
 diffusers' ControlNetModel.from_unet makes it), the real-size VAE and CLIP text encoder(s). Runs
 `PASDPipeline.upscale` on CPU in fp32 and times each module from the outside (torch hooks and wrapped
@@ -24,117 +24,25 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
-import json
 import math
 import statistics
 import time
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
-from common import ROOT, add_project_to_path, machine_header, print_table, torch_threads_note
-from PIL import Image
+from common import add_project_to_path, machine_header, print_table, torch_threads_note
 
 add_project_to_path()
 
 from pasd_core.engine import sampler as sampler_module  # noqa: E402
-from pasd_core.engine.components import SamplerModels  # noqa: E402
-from pasd_core.engine.family import FAMILIES  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.model_family import LABELS, SD15, SDXL  # noqa: E402
 from pasd_core.models import PASDControlNet, PASDUNet  # noqa: E402
-from pasd_core.weights.sd15_file import SD15_CONFIG_DIR  # noqa: E402
-from pasd_core.weights.sdxl_file import SDXL_CONFIG_DIR  # noqa: E402
+from support.real_size import build_base, build_pasd, photo, sampler_models  # noqa: E402
 
-CONFIG_DIRS = {SD15: SD15_CONFIG_DIR, SDXL: SDXL_CONFIG_DIR}
-# What the shipped SDXL configs leave out: the CLIP BPE tokenizers and the PASD-SDXL checkpoint's scheduler
-SDXL_FIXTURES = ROOT / "tests" / "fixtures" / "pasd_sdxl_official_tiny" / "checkpoints"
 DEFAULT_VARIANTS = {SD15: ["pasd", "pasd_light"], SDXL: ["pasd"]}  # PASD-SDXL is published as `pasd` only
 SDXL_TEXT_LAYERS = 2
-# PASD's ControlNet is diffusers' ControlNetModel.from_unet(SD UNet) with the default embedding channels
-CONDITIONING_CHANNELS = (16, 32, 96, 256)
-
-
-def read_json(part: str, name: str = "config.json", family: str = SD15) -> dict[str, Any]:
-    return json.loads((CONFIG_DIRS[family] / part / name).read_text())
-
-
-def controlnet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
-    from diffusers import ControlNetModel
-
-    accepted = set(inspect.signature(ControlNetModel.__init__).parameters)
-    config = {k: v for k, v in unet_config.items() if k in accepted}
-    return {**config, "conditioning_embedding_out_channels": list(CONDITIONING_CHANNELS), "return_rgbs": True,
-            "use_rrdb": False}
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fan-in-scaled normal weights, unit norm scales, zero biases: activations stay in a normal range."""
-    if list(model.buffers()):
-        raise RuntimeError(f"{type(model).__name__} has buffers that to_empty would leave uninitialised")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, 1.0 / math.sqrt(parameter[0].numel()), generator=generator)
-            elif name.endswith("weight"):
-                parameter.fill_(1.0)
-            else:
-                parameter.zero_()
-    return model.eval().requires_grad_(False)
-
-
-def build_pasd(variant: str, family: str = SD15) -> tuple[PASDUNet, PASDControlNet]:
-    """Real-size PASD UNet and ControlNet of `family`, built on the meta device then filled in place (no double
-    init), seeded: the same weights every time."""
-    unet_config = read_json("unet", family=family)
-    with torch.device("meta"):
-        unet = PASDUNet.from_pasd_config(unet_config, variant)
-        controlnet = PASDControlNet.from_pasd_config(controlnet_config(unet_config),
-                                                     {"controlnet_cond_embedding.to_rgbs.0.weight"})
-    return (randomize_(unet.to_empty(device="cpu"), 1), randomize_(controlnet.to_empty(device="cpu"), 2))
-
-
-def build_base(family: str = SD15, text_layers: int | None = None) -> dict[str, Any]:
-    """Real-size tokenizer(s), CLIP text encoder(s) and VAE of `family` with seeded random weights, as
-    SamplerModels fields. `text_layers` cuts the text encoders' depth; their widths stay."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    def text_encoder(model_class: type, part: str) -> Any:
-        config = CLIPTextConfig.from_json_file(str(CONFIG_DIRS[family] / part / "config.json"))
-        config.num_hidden_layers = text_layers or config.num_hidden_layers
-        # float(): text_encoder_2's config says float16, which would leave some of its layers in half precision
-        return model_class(config).float().eval().requires_grad_(False)
-
-    torch.manual_seed(0)
-    tokenizers = SD15_CONFIG_DIR if family == SD15 else SDXL_FIXTURES / "stable-diffusion-xl-base-1.0"
-    parts = {"tokenizer": CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer"), local_files_only=True),
-             "text_encoder": text_encoder(CLIPTextModel, "text_encoder"),
-             "vae": AutoencoderKL.from_config(read_json("vae", family=family)).eval().requires_grad_(False)}
-    if family == SDXL:
-        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(tokenizers / "tokenizer_2"), local_files_only=True)
-        parts["text_encoder_2"] = text_encoder(CLIPTextModelWithProjection, "text_encoder_2")
-    return parts
-
-
-def make_scheduler(family: str) -> Any:
-    """A fresh scheduler as the engine makes it: UniPC from SD1.5's config, Euler from PASD-SDXL's own."""
-    from diffusers import EulerDiscreteScheduler, UniPCMultistepScheduler
-
-    if family == SD15:
-        return UniPCMultistepScheduler.from_config(read_json("scheduler", "scheduler_config.json"))
-    path = SDXL_FIXTURES / "pasd_sdxl" / "checkpoint-200000" / "scheduler" / "scheduler_config.json"
-    return EulerDiscreteScheduler.from_config(json.loads(path.read_text()))
-
-
-def sampler_models(family: str, base: dict[str, Any], unet: PASDUNet, controlnet: PASDControlNet,
-                   dtype: torch.dtype = torch.float32) -> SamplerModels:
-    """The models of one run on CPU (PASDPipeline.to moves and casts them)."""
-    return SamplerModels(**base, unet=unet, controlnet=controlnet, scheduler=make_scheduler(family),
-                         device=torch.device("cpu"), dtype=dtype, family=FAMILIES[family])
 
 
 def parameters_m(module: torch.nn.Module) -> float:
@@ -216,18 +124,10 @@ def watch(pipeline: PASDPipeline) -> Recorder:
     return recorder
 
 
-def test_image(size: int) -> Image.Image:
-    """A smooth picture with some texture, so the VAE and colour fix see ordinary content."""
-    y, x = np.mgrid[0:size, 0:size] / size
-    rng = np.random.default_rng(0)
-    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x * y)], axis=-1) * 200 + rng.normal(0, 12, (size, size, 3))
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-
-
 def run(pipeline: PASDPipeline, settings: dict[str, Any], size: int) -> tuple[Recorder, float]:
     recorder = watch(pipeline)
     start = time.perf_counter()
-    pipeline.upscale(test_image(size), settings)
+    pipeline.upscale(photo(size), settings)
     return recorder, time.perf_counter() - start
 
 

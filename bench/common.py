@@ -75,7 +75,9 @@ def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[obje
 
 
 def add_project_to_path() -> None:
-    """Make `pasd_core` (and the tests' helpers) importable when a bench runs as a script."""
+    """Make `pasd_core` and the shared helpers of tests/support (`from support.paths import ...`) importable when a
+    bench runs as a script. Benchmarks import helpers from `support` only: never a test file, conftest or another
+    bench module."""
     for path in (str(ROOT / "tests"), str(ROOT)):
         if path not in sys.path:
             sys.path.insert(0, path)

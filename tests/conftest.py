@@ -1,52 +1,16 @@
-"""Shared test fixtures: the official-parity data and tiny PASD pipelines built from it."""
+"""pytest fixtures shared by the test files (their helpers live in tests/support: no module imports this one)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from support.paths import MODELS, PASD, ROOT
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pasd_official_tiny"
-CHECKPOINTS = FIXTURES / "checkpoints"
-SD15 = CHECKPOINTS / "stable-diffusion-v1-5"
-PASD = CHECKPOINTS / "pasd" / "checkpoint-100000"
-PASD_LIGHT = CHECKPOINTS / "pasd_light" / "checkpoint-120000"
-CASES = sorted(p.name for p in (FIXTURES / "cases").iterdir())
-
-SDXL_FIXTURES = Path(__file__).parent / "fixtures" / "pasd_sdxl_official_tiny"
-SDXL_BASE = SDXL_FIXTURES / "checkpoints" / "stable-diffusion-xl-base-1.0"
-PASD_SDXL = SDXL_FIXTURES / "checkpoints" / "pasd_sdxl" / "checkpoint-200000"
-SDXL_CASES = sorted(p.name for p in (SDXL_FIXTURES / "cases").iterdir())
-
-# The prompt stage (caption, classification) and colorization, made by the official scripts (their README).
-PROMPT_FIXTURES = Path(__file__).parent / "fixtures" / "pasd_caption_official_tiny"
-TINY_COCA = PROMPT_FIXTURES / "checkpoints" / "pasd_prompt" / "coca_tiny"
-PASD_COLOR = PROMPT_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000"
-PROMPT_CASES = sorted(p.name for p in (PROMPT_FIXTURES / "cases").iterdir())
-
-# The fixtures' variant names: (base model folder, PASD checkpoint folder) of each.
-MODELS = {"pasd": (SD15, PASD), "pasd_light": (SD15, PASD_LIGHT), "pasd_sdxl": (SDXL_BASE, PASD_SDXL),
-          "pasd_color": (SD15, PASD_COLOR)}
-
-
-def case_data(name: str) -> dict:
-    """case.json of a parity case (SD1.5 or SDXL), with the base and checkpoint folders its variant uses."""
-    root = SDXL_FIXTURES if name in SDXL_CASES else PROMPT_FIXTURES if name in PROMPT_CASES else FIXTURES
-    folder = root / "cases" / name
-    data = json.loads((folder / "case.json").read_text())
-    data["dir"] = folder
-    data.setdefault("family", "sd15")
-    data["base"], data["checkpoint"] = MODELS[data["variant"]]
-    data["settings"] = {k: v for k, v in data["params"].items() if k != "variant"}
-    # these sets were made with the official prompt stage off (--high_level_info given no value)
-    data["settings"].setdefault("high_level_info", "none")
-    return data
+sys.path.insert(0, str(ROOT))  # pasd_core and nodes, as the tests import them
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +31,7 @@ def tiny_pipeline():
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> Path:
     """The seeded ResNet-50 of the prompt-stage fixtures (~100 MB, rebuilt from its seed rather than committed)."""
-    from tools.prompt_models import write_classifier_folder
+    from support.prompt_models import write_classifier_folder
 
     folder = tmp_path_factory.mktemp("pasd_prompt") / "resnet50"
     write_classifier_folder(str(folder))
@@ -84,11 +48,7 @@ def pasd_copy(tmp_path: Path) -> Path:
     return target
 
 
-# Tests of the sampler leave the prompt stage off (captioning has tests of its own); the parity sets ran with it off
-FAST_SETTINGS = {"steps": 10, "process_size": 64, "scale": 1, "seed": 1, "high_level_info": "none"}
-
-
-# --- fal: a clean environment and the stub of fal's queue (tests/fal_stub.py) ---------------------------
+# --- fal: a clean environment and the stub of fal's queue (tests/support/fal_stub.py) -------------------
 
 @pytest.fixture
 def fal_env(monkeypatch, tmp_path):
@@ -101,7 +61,7 @@ def fal_env(monkeypatch, tmp_path):
 @pytest.fixture
 def stub(monkeypatch, fal_env):
     """fal's queue on 127.0.0.1, with FAKE_KEY as the key and every fal URL pointing at it."""
-    from fal_stub import FAKE_KEY, FalStub
+    from support.fal_stub import FAKE_KEY, FalStub
 
     with FalStub(key=FAKE_KEY) as server:
         monkeypatch.setenv("FAL_KEY", FAKE_KEY)

@@ -36,7 +36,8 @@ import comfy.samplers  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding  # noqa: E402
-from comfy_fixtures import pack_module  # noqa: E402
+
+from support.comfyui import pack_module  # noqa: E402
 
 config_module = pack_module("nodes.native.ldm")
 native = pack_module("nodes.native")

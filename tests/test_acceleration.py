@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST_SETTINGS, PASD, PASD_LIGHT, SD15
 from pasd_core.engine.acceleration import accelerate, attention_processors
 from pasd_core.engine.pipeline import PASDPipeline
+from support.paths import PASD, PASD_LIGHT, SD15
+from support.settings import FAST_SETTINGS
 
 SETTINGS = {**FAST_SETTINGS, "scale": 2, "latent_tile_size": 8, "latent_tile_overlap": 2}  # tiled, as large outputs
 

@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import ROOT, TINY_COCA, case_data
 from pasd_core.errors import ModelError
 from pasd_core.prompt.folders import CAPTIONER, CAPTIONER_CONFIG, CATEGORIES_FILE, CLASSIFIER, CLASSIFIER_WEIGHTS
 from pasd_core.prompt.models import load_captioner, load_classifier
 from pasd_core.prompt.search import decode_caption, generate_caption_tokens
+from support.paths import ROOT, TINY_COCA, case_data
+from support.seeding import numpy_noise
 
 CAPTION_CASES = ["P1_sd15_caption", "P2_sdxl_caption_prompt", "P5_color_caption", "P7_sd15_caption_tiled"]
 CLASSIFICATION_CASES = ["P3_classification_above", "P4_classification_below"]
@@ -54,10 +55,9 @@ SEARCH_REFERENCES = {
 def seeded_coca_state(model: torch.nn.Module, seed: int, eos_gain: float) -> dict[str, torch.Tensor]:
     """Every tensor of the tiny CoCa drawn from numpy's default_rng(seed) (the same on any machine), norm weights
     around 1; the decoder's <end_of_text> column scaled by `eos_gain` so captions end at different lengths."""
-    rng = np.random.default_rng(seed)
     state = {}
-    for key, tensor in model.state_dict().items():
-        values = rng.standard_normal(tuple(tensor.shape)) * 0.5
+    for key, tensor, noise in numpy_noise(model.state_dict().items(), seed):
+        values = noise * 0.5
         if key.endswith(".weight") and tensor.ndim == 1:  # LayerNorm scales
             values = 1.0 + 0.2 * values
         state[key] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

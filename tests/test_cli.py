@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FAST_SETTINGS, PASD, ROOT, SD15
 from pasd_core.__main__ import main
+from support.paths import PASD, ROOT, SD15
+from support.settings import FAST_SETTINGS
 
 
 def _flags(settings: dict) -> list[str]:

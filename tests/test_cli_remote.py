@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from fal_stub import FalStub, Job, Reply
 from PIL import Image
 
 from pasd_core.__main__ import main
+from support.fal_stub import FalStub, Job, Reply
 
 KEY = "cli-test-key:SECRET-0a1b2c3d"
 

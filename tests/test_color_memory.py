@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import ROOT
 from pasd_core.engine import color
+from support.paths import ROOT
 
 # --- the algorithm as it was before the memory work (frozen copy: whole image, all channels at once) -----
 

@@ -22,15 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from comfy_fixtures import (
-    CAPTION_FIXTURES,
-    CHECKPOINTS,
+from PIL import Image
+
+from support.comfyui import (
     CORE_NODES,
-    FIXTURES,
-    REPO,
-    SDXL_CHECKPOINTS,
     SHIPPED,
-    TINY_COCA,
     api_workflows,
     load_pack,
     make_models_dir,
@@ -38,7 +34,7 @@ from comfy_fixtures import (
     ui_workflows,
     widget_slots,
 )
-from comfyui_server import (
+from support.comfyui_server import (
     Chromium,
     ComfyUIServer,
     frontend_prompts,
@@ -46,8 +42,8 @@ from comfyui_server import (
     require,
     run_engine_directly,
 )
-from fal_stub import FalStub
-from PIL import Image
+from support.fal_stub import FalStub
+from support.paths import CHECKPOINTS, FIXTURES, PROMPT_FIXTURES, ROOT, SDXL_CHECKPOINTS, TINY_COCA
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
@@ -68,7 +64,7 @@ SDXL_BASE = str(SDXL_CHECKPOINTS / "stable-diffusion-xl-base-1.0")
 PASD_SDXL = str(SDXL_CHECKPOINTS / "pasd_sdxl" / "checkpoint-200000")
 SDXL_FILE = "sd_xl_base_1.0.safetensors"  # a tiny SDXL single file, named as the download a user puts there
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
-PASD_COLOR = str(CAPTION_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000")
+PASD_COLOR = str(PROMPT_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000")
 CAPTIONER = "coca_ViT-L-14"  # the templates' caption_model: the tiny CoCa is linked under that name
 FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
 
@@ -88,24 +84,24 @@ def base(tmp_path_factory) -> Path:
     """ComfyUI's base directory: the pack as a custom node, the tiny models, two input pictures."""
     base = tmp_path_factory.mktemp("comfyui")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(ROOT, target_is_directory=True)
     models = make_models_dir(base / "models", sdxl=True, color=True)
     (models / "pasd_prompt" / CAPTIONER).symlink_to(TINY_COCA, target_is_directory=True)
     (models / "pasd" / "pasd_light").unlink()  # served from the extra_model_paths.yaml folder instead
     (base / "shared" / "pasd").mkdir(parents=True)
     (base / "shared" / "pasd" / "pasd_light").symlink_to(CHECKPOINTS / "pasd_light", target_is_directory=True)
     (base / "extra_model_paths.yaml").write_text(f"e2e:\n    base_path: {base / 'shared'}\n    pasd: pasd\n")
-    from tiny_checkpoints import tiny_sd_modules, write_original_sd_file  # the lead's tiny SD1.5 single files
+    from support.sd_checkpoints import tiny_sd_modules, write_original_sd_file  # the lead's tiny SD1.5 single files
 
     write_original_sd_file(models / "checkpoints" / "toonyou_beta6.safetensors", *tiny_sd_modules(seed=100))
-    from tiny_sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
+    from support.sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
 
     write_sdxl_file(models / "checkpoints" / SDXL_FILE, *sdxl_base_modules(), unet=tiny_sdxl_unet())
     (base / "input").mkdir()
     picture = Image.open(FIXTURES / "cases" / "B_tiled_x2" / "input.png").convert("RGB")
     picture.save(base / "input" / "example.png")  # ComfyUI ships input/example.png; the templates use only it
     for case in ("P1_sd15_caption", "P5_color_caption", "P6_color_none"):  # the prompt-stage parity inputs
-        shutil.copy(CAPTION_FIXTURES / "cases" / case / "input.png", base / "input" / f"{case}.png")
+        shutil.copy(PROMPT_FIXTURES / "cases" / case / "input.png", base / "input" / f"{case}.png")
     return base
 
 
@@ -147,7 +143,7 @@ def pixels(png: bytes | Path) -> np.ndarray:
 def engine_outputs(tmp_path: Path, inputs: list[Path], stages: list[dict]) -> list[np.ndarray]:
     """PASDPipeline run directly in ComfyUI's interpreter on the same files and settings."""
     outputs = [tmp_path / f"direct_{i}.png" for i in range(len(inputs))]
-    run_engine_directly(COMFYUI_PYTHON, REPO, {"inputs": [str(p) for p in inputs], "stages": stages,
+    run_engine_directly(COMFYUI_PYTHON, ROOT, {"inputs": [str(p) for p in inputs], "stages": stages,
                                                "outputs": [str(p) for p in outputs]})
     return [pixels(p) for p in outputs]
 
@@ -206,14 +202,14 @@ def test_inputs_build_a_v3_schema_with_comfyuis_own_comfy_api():
 import json, sys
 sys.path[:0] = [sys.argv[1]]
 from comfy_api.latest import io
-import comfy_fixtures
-pack = comfy_fixtures.load_pack()
-inputs = comfy_fixtures.pack_module("nodes.inputs")
+from support.comfyui import load_pack, pack_module
+pack = load_pack()
+inputs = pack_module("nodes.inputs")
 out = {name: {i.name: [inputs.v3(i, io).get_io_type(), inputs.v3(i, io).as_dict()] for i in cls.inputs()}
        for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
 print(json.dumps(out))
 """
-    done = subprocess.run([COMFYUI_PYTHON, "-c", script, str(REPO / "tests"), "--cpu"], cwd=COMFYUI_DIR,
+    done = subprocess.run([COMFYUI_PYTHON, "-c", script, str(ROOT / "tests"), "--cpu"], cwd=COMFYUI_DIR,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     v3 = json.loads(done.stdout.strip().splitlines()[-1])
@@ -259,7 +255,7 @@ def test_x2_workflow_reproduces_the_official_output_and_the_engine(comfyui, base
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in run["settings"].items()]
     subprocess.run([COMFYUI_PYTHON, "-m", "pasd_core", "upscale", str(base / "input" / "example.png"), "-o",
                     str(cli_output), "--base-model", SD15, "--pasd-model", PASD, "--device", "cpu", *flags],
-                   cwd=REPO, check=True, capture_output=True, timeout=600)
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
     assert np.array_equal(result, pixels(cli_output))
 
 
@@ -351,7 +347,7 @@ def test_fal_vs_local_workflow_runs_fal_and_its_local_sdxl_twin(comfyui, fal_stu
 
 def prompt_case(name: str) -> tuple[dict, dict]:
     """(case.json, its PASD Upscale settings) of a prompt-stage parity case."""
-    data = json.loads((CAPTION_FIXTURES / "cases" / name / "case.json").read_text())
+    data = json.loads((PROMPT_FIXTURES / "cases" / name / "case.json").read_text())
     return data, {k: v for k, v in data["params"].items() if k in table.BY_NAME and table.BY_NAME[k].scope != "loader"}
 
 
@@ -363,7 +359,7 @@ def run_case(comfyui, template: str, case: str) -> tuple[dict, np.ndarray]:
     started = len(comfyui.log(100_000))
     entry = comfyui.run(prompt)
     (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
-    expected = pixels(CAPTION_FIXTURES / "cases" / case / "expected.png")
+    expected = pixels(PROMPT_FIXTURES / "cases" / case / "expected.png")
     assert np.abs(pixels(png).astype(int) - expected.astype(int)).max() <= 1
     return data, comfyui.log(100_000)[started:]
 

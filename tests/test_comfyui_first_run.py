@@ -13,9 +13,11 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from comfy_fixtures import FIXTURES, REPO, SHIPPED, WORKFLOWS, api_workflows, pack_module
-from comfyui_server import ComfyUIServer, require
 from PIL import Image
+
+from support.comfyui import SHIPPED, WORKFLOWS, api_workflows, pack_module
+from support.comfyui_server import ComfyUIServer, require
+from support.paths import FIXTURES, ROOT
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
@@ -35,7 +37,7 @@ def fresh(tmp_path_factory):
     require((Path(COMFYUI_DIR) / "main.py").is_file(), f"a ComfyUI folder (no main.py in {COMFYUI_DIR})", SETUP)
     base = tmp_path_factory.mktemp("fresh_comfyui")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
     for kind in ("checkpoints", "loras", "vae", "diffusers"):
         (base / "models" / kind).mkdir(parents=True)
     (base / "input").mkdir()

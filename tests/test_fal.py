@@ -1,4 +1,4 @@
-"""The fal-ai/pasd client against a local stub of fal's queue API (tests/fal_stub.py); no network."""
+"""The fal-ai/pasd client against a local stub of fal's queue API (tests/support/fal_stub.py); no network."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import time
 import traceback
 
 import pytest
-from fal_stub import ALT_PREFIX, FAKE_KEY, SECRET_PART, Job, Reply, free_port, picture, wait_until
 from PIL import Image
 
 from pasd_core.errors import Interrupted
@@ -28,6 +27,7 @@ from pasd_core.fal.errors import field_name
 from pasd_core.fal.images import png_bytes, png_data_uri
 from pasd_core.fal.transport import Budget
 from pasd_core.params import REMOTE_PARAMS, ParamError, defaults
+from support.fal_stub import ALT_PREFIX, FAKE_KEY, SECRET_PART, Job, Reply, free_port, picture, wait_until
 
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")

@@ -1,4 +1,4 @@
-"""The fal client against a broken or hostile server (tests/fal_stub.py misbehaving on demand).
+"""The fal client against a broken or hostile server (tests/support/fal_stub.py misbehaving on demand).
 
 What a user must be able to count on, whatever the server does: the key is never shown and never
 sent anywhere but the configured queue; a batch ends at its deadline or within a second of being
@@ -17,10 +17,10 @@ import zlib
 from urllib.parse import quote
 
 import pytest
-from fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 from pasd_core.errors import Interrupted
 from pasd_core.fal import FalError, FalQueueClient, upscale_batch
+from support.fal_stub import FAKE_KEY, SECRET_PART, FalStub, Job, Reply, picture, wait_until
 
 # the machine's own key, config file and fal URLs never reach these tests; `stub` is conftest's fal stub
 pytestmark = pytest.mark.usefixtures("fal_env")

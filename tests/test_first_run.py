@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from comfy_fixtures import CHECKPOINTS, FakeComfyUI, load_pack, make_models_dir, pack_module
+
+from support.comfyui import FakeComfyUI, load_pack, make_models_dir, pack_module
+from support.paths import CHECKPOINTS
 
 pack = load_pack()
 local = pack_module("nodes.exact")

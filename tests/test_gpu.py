@@ -4,15 +4,15 @@
 Skipped without a CUDA GPU. On a GPU machine (the figures are printed, hence -s):
     .venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py
 The networks are the real-size PASD-SD1.5 and PASD-SDXL (UNet with PACA, ControlNet, both text encoders,
-VAE) with seeded random weights, built by bench/bench_step_cost.py: no download, the real architectures'
-memory and speed, meaningless pictures. The tiny parity fixtures would say nothing about either.
+VAE) with seeded random weights, built by tests/support/real_size.py as the benchmarks build them: no download,
+the real architectures' memory and speed, meaningless pictures. The tiny parity fixtures would say nothing about
+either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,15 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from pasd_core.engine.device import resolve_dtype
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.model_family import SD15, SDXL
-
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_lcm import lcm_pipeline  # noqa: E402
-from bench_step_cost import build_base, build_pasd, sampler_models  # noqa: E402
-from bench_step_cost import test_image as photo  # noqa: E402  (renamed: pytest would collect test_image)
+from support.real_size import build_base, build_pasd, lcm_pipeline, photo, sampler_models
 
 pytestmark = [
     pytest.mark.gpu,
@@ -145,7 +140,7 @@ def test_time_per_image_of_the_official_sdxl_job(sdxl_pipeline):
     assert image.size == (2 * OFFICIAL_INPUT, 2 * OFFICIAL_INPUT)
 
 
-# --- LCM fast mode (SD1.5): a random rank-64 LCM-LoRA over the real UNet's layers (bench/bench_lcm.py) -------------
+# --- LCM fast mode (SD1.5): a random rank-64 LCM-LoRA over the real UNet's layers (support/real_size.py) ----------
 LCM_SETTINGS = {"scale": 2, "steps": 4, "guidance_scale": 1.5, "seed": 0}  # CFG on, so both halves are exercised
 
 

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_fixtures import FakePipeline, pack_module
-from fal_stub import FalStub
 from PIL import Image, ImageOps
 
-from conftest import FAST_SETTINGS, PASD, SD15
 from pasd_core.__main__ import main
 from pasd_core.engine import work_limits
 from pasd_core.params import defaults
+from support.comfyui import FakePipeline, pack_module
+from support.fal_stub import FalStub
+from support.paths import PASD, SD15
+from support.settings import FAST_SETTINGS
 
 KEY = "hostile-images-key:SECRET-1234"
 NOWHERE = "no/such/model"  # a local run that got as far as loading would fail on it with exit code 1

@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-from comfy_fixtures import FakePipeline, pack_module
 from PIL import Image
 
-from conftest import PASD
 from pasd_core.__main__ import main
 from pasd_core.params import PARAMS, ParamError, validate
+from support.comfyui import FakePipeline, pack_module
+from support.paths import PASD
 
 FLOAT_PARAMS = [p for p in PARAMS if p.kind is float]
 NOT_FINITE = ["nan", "NaN", " inf", "-inf", "1e999", float("nan"), float("inf"), -float("inf"), 10**400]

@@ -10,18 +10,18 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from comfy_fixtures import load_pack, make_models_dir, pack_module
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from test_parity import TOLERANCE, _max_difference, assert_intermediates_match
 
-from conftest import MODELS, PASD, PASD_SDXL, SD15, SDXL_BASE
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine import sampler as sampler_module
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.errors import ModelError, ModelMismatchError
 from pasd_core.params import BY_NAME, REMOTE_PARAMS, ParamError, validate
+from support.comfyui import load_pack, make_models_dir, pack_module
+from support.parity import TOLERANCE, assert_intermediates_match, max_difference
+from support.paths import MODELS, PASD, PASD_SDXL, SD15, SDXL_BASE
 
 LCM_FIXTURES = Path(__file__).parent / "fixtures" / "pasd_lcm_official_tiny"
 LCM_LORA = LCM_FIXTURES / "lcm-lora-sdv1-5" / "pytorch_lora_weights.safetensors"
@@ -55,7 +55,7 @@ def test_python_api_matches_official_lcm_output(case, lcm_pipeline):
     data = lcm_case(case)
     assert lcm_pipeline.lcm and type(lcm_pipeline.models.scheduler).__name__ == "LCMScheduler"
     result = lcm_pipeline.upscale(Image.open(data["dir"] / "input.png"), data["settings"])
-    assert _max_difference(result, data["dir"] / "expected.png") <= TOLERANCE
+    assert max_difference(result, data["dir"] / "expected.png") <= TOLERANCE
 
 
 @pytest.mark.parametrize("case", LCM_CASES)
@@ -67,7 +67,7 @@ def test_cli_matches_official_lcm_output(case, tmp_path, capsys):
                      "--pasd-model", str(PASD), "--lcm-lora", str(data["lora"]), "--device", "cpu", "--dtype", "fp32",
                      *flags])
     assert code == 0, capsys.readouterr().err
-    assert _max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
+    assert max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_nodes_match_official_lcm_output(case, lcm_models_dir, monkeypatch):
     values = {**table.defaults(table.SAMPLER_PARAMS), **data["settings"]}  # every widget, as ComfyUI passes them
     result, _caption = local.PASDUpscale().upscale(image, pipeline, **values)
     got = np.clip(255.0 * result[0].numpy(), 0, 255).astype(np.uint8)  # what SaveImage writes
-    assert _max_difference(Image.fromarray(got), data["dir"] / "expected.png") <= TOLERANCE
+    assert max_difference(Image.fromarray(got), data["dir"] / "expected.png") <= TOLERANCE
 
 
 @pytest.mark.parametrize("case", LCM_CASES)

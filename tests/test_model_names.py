@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_fixtures import CHECKPOINTS, FakeComfyUI, make_models_dir, pack_module
 from safetensors.torch import save_file
-from test_model_paths import run_bound_by_permissions
+
+from support.comfyui import FakeComfyUI, make_models_dir, pack_module
+from support.paths import CHECKPOINTS
+from support.permissions import run_bound_by_permissions
 
 local = pack_module("nodes.exact")
 host = pack_module("nodes.host")
@@ -202,7 +204,7 @@ def test_an_unreadable_model_is_called_unreadable_through_the_node(world):
     lora = world / "models" / "loras" / "detail.safetensors"
     save_file({"x": torch.zeros(2)}, str(lora))
     lora.chmod(0o000)
-    code = ("import sys; sys.path.insert(0, 'tests'); from comfy_fixtures import pack_module\n"
+    code = ("import sys; sys.path.insert(0, 'tests'); from support.comfyui import pack_module\n"
             "try:\n"
             f"    pack_module('nodes.exact').PASDModelLoader().load({PASD_NAME!r}, {BASE_NAME!r}, 'none', "
             "'detail.safetensors', device='cpu', dtype='fp32')\n"

@@ -3,8 +3,6 @@ a dangling link, unreadable, damaged, or holding pickled code; exit 1 (a model p
 
 from __future__ import annotations
 
-import ctypes
-import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +13,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import FAST_SETTINGS, PASD, ROOT, SD15
 from pasd_core.__main__ import main
+from support.paths import PASD, SD15
+from support.permissions import run_bound_by_permissions
+from support.settings import FAST_SETTINGS
 
 
 def cli_args(tmp_path: Path, base: Path, pasd: Path, *extra: str) -> list[str]:
@@ -147,23 +147,6 @@ def test_style_model_ckpt_with_code_is_refused_without_running_it(tmp_path, caps
 
 
 # --- permissions (root reads everything: run the CLI as root without the override capabilities) -----
-
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24  # linux/capability.h, linux/prctl.h
-
-
-def _drop_permission_override() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_bound_by_permissions(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run Python `code` in the repository, subject to file permissions even when this is root."""
-    as_root = os.geteuid() == 0
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=env, preexec_fn=_drop_permission_override if as_root else None)
-
 
 def run_cli_bound_by_permissions(args: list[str]) -> subprocess.CompletedProcess:
     return run_bound_by_permissions(f"import sys; from pasd_core.__main__ import main; sys.exit(main({args!r}))")

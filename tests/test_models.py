@@ -9,11 +9,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_pasd import write_pasd_checkpoint
 
-from conftest import PASD, PASD_LIGHT, SD15
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.weights.pasd_folder import load_pasd_checkpoint
+from support.paths import PASD, PASD_LIGHT, SD15
+from support.sd_checkpoints import write_pasd_checkpoint
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "high_level_info": "none"}
 

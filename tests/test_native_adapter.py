@@ -13,8 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from comfy_fixtures import CHECKPOINTS, REPO, SDXL_CHECKPOINTS, pack_module
-from comfyui_server import require
+
+from support.comfyui import pack_module
+from support.comfyui_server import require
+from support.paths import CHECKPOINTS, ROOT, SDXL_CHECKPOINTS
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
@@ -32,8 +34,8 @@ SEEN = 1e-3  # without PACA (or without PASD) the eps must differ by far more th
 def run_comfy_side(*folders: Path) -> dict:
     require(COMFYUI_DIR, "a ComfyUI (COMFYUI_DIR is not set)", SETUP)
     require(COMFYUI_PYTHON and os.access(COMFYUI_PYTHON, os.X_OK), "ComfyUI's Python (COMFYUI_PYTHON)", SETUP)
-    done = subprocess.run([COMFYUI_PYTHON, str(REPO / "tests" / "native_parity_comfy.py"), COMFYUI_DIR,
-                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    done = subprocess.run([COMFYUI_PYTHON, str(ROOT / "tests" / "native_parity_comfy.py"), COMFYUI_DIR,
+                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PARITY ")]
     assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return json.loads(lines[-1].removeprefix("PARITY "))
@@ -74,11 +76,11 @@ def test_rrdb_checkpoint_is_refused_with_its_reason(tmp_path: Path) -> None:
     save_file(state, weights)
     errors = pack_module("pasd_core.errors")
     with pytest.raises(errors.ModelError, match=r"\*_rrdb PASD checkpoint.*pasd, pasd_light and pasd_sdxl only"):
-        pack_module("nodes.native.adapter").load_adapter(folder)
+        pack_module("nodes.native.nodes").check_adapter_checkpoint(folder)
 
 
 def test_folder_that_is_not_a_pasd_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "unet").mkdir()
     errors = pack_module("pasd_core.errors")
     with pytest.raises(errors.ModelError, match="not a PASD checkpoint"):
-        pack_module("nodes.native.adapter").load_adapter(tmp_path)
+        pack_module("nodes.native.nodes").check_adapter_checkpoint(tmp_path)

@@ -1,10 +1,10 @@
 """End to end in a real ComfyUI: the native templates (core loaders and samplers around PASD Adapter Loader and
-PASD Apply) on checkpoints that ComfyUI's own Load Checkpoint and Load LoRA accept (tests/comfy_checkpoints.py).
+PASD Apply) on checkpoints that ComfyUI's own Load Checkpoint and Load LoRA accept (tests/support/comfy_checkpoints.py).
 
 - every native template passes ComfyUI's prompt validation (node_errors {}) once its models are present
   (tests/test_comfyui_e2e.py loads every template, these included, in ComfyUI's own front end);
 - the SD1.5 x2 graph, with the sampler and scheduler closest to the engine's UniPC, next to the engine's image
-  on the same weights: the difference is printed (the README's figure), and only sanity bounds are asserted,
+  on the same weights: the difference is printed (bench/README.md's figure), and only sanity bounds are asserted,
   because the two samplers differ by design (ComfyUI's UniPC is order 3, its noise comes from KSampler's seed,
   the official start mixes two noises);
 - the stylization template runs with a personalized single-file checkpoint and a LoRA, both loaded by core nodes.
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfy_fixtures import FIXTURES, REPO, SDXL_CHECKPOINTS, TINY_COCA, native_api_templates, pack_module
-from comfyui_server import ComfyUIServer, require, run_engine_directly
 from PIL import Image
+
+from support.comfyui import native_api_templates, pack_module
+from support.comfyui_server import ComfyUIServer, require, run_engine_directly
+from support.paths import FIXTURES, ROOT, SDXL_CHECKPOINTS, TINY_COCA
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
@@ -52,7 +54,7 @@ def comfyui_prerequisites() -> None:
 @pytest.fixture(scope="session")
 def native_models(tmp_path_factory):
     """The ComfyUI-loadable base, adapters, personalized model and LoRA, built once per test session."""
-    from comfy_checkpoints import build_native_sd15
+    from support.comfy_checkpoints import build_native_sd15
 
     models = build_native_sd15(tmp_path_factory.mktemp("native") / "models")
     print(f"\nnative test models built in {models.seconds} s: {models.sizes_mb()} (MiB)")
@@ -64,12 +66,12 @@ def base(tmp_path_factory, native_models) -> Path:
     """ComfyUI's base directory: the pack, the native models (SDXL: names only, see the validation test), a picture."""
     base = tmp_path_factory.mktemp("comfyui_native")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(ROOT, target_is_directory=True)
     (base / "models").symlink_to(native_models.models, target_is_directory=True)
     sdxl_adapter = native_models.models / "pasd" / "pasd_sdxl"
     if not sdxl_adapter.exists():
         sdxl_adapter.symlink_to(SDXL_CHECKPOINTS / "pasd_sdxl", target_is_directory=True)
-        from tiny_sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
+        from support.sdxl_checkpoints import sdxl_base_modules, tiny_sdxl_unet, write_sdxl_file
 
         write_sdxl_file(native_models.models / "checkpoints" / SDXL_FILE, *sdxl_base_modules(), unet=tiny_sdxl_unet())
     # PASD Prompt's captioner, under the name the templates use (the tiny CoCa of the prompt-stage fixtures)
@@ -165,7 +167,7 @@ def test_sd15_x2_native_graph_is_near_the_engines_image(comfyui, base, native_mo
                and isinstance(n["inputs"]["text"], list)]
     assert prompt[text[0]]["class_type"] == "PASDPrompt"
     output = tmp_path / "engine.png"
-    run_engine_directly(COMFYUI_PYTHON, REPO, {
+    run_engine_directly(COMFYUI_PYTHON, ROOT, {
         "inputs": [str(base / "input" / "example.png")], "outputs": [str(output)],
         "stages": [{"base": str(native_models.base), "pasd": str(native_models.adapter), "settings": settings,
                     "caption_model": str(TINY_COCA)}]})

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from comfy_fixtures import CHECKPOINTS, load_pack, make_models_dir, pack_module
+
+from support.comfyui import load_pack, make_models_dir, pack_module
+from support.paths import CHECKPOINTS
 
 pack = load_pack()
 native = pack_module("nodes.native")

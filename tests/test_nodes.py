@@ -17,18 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_fixtures import (
-    CHECKPOINTS,
-    FIXTURES,
-    REPO,
-    FakeComfyUI,
-    FakePipeline,
-    load_pack,
-    make_models_dir,
-    pack_module,
-)
-from fal_stub import FalStub, Job
 from PIL import Image
+
+from support.comfyui import FakeComfyUI, FakePipeline, load_pack, make_models_dir, pack_module
+from support.fal_stub import FalStub, Job
+from support.paths import CHECKPOINTS, FIXTURES, ROOT
 
 pack = load_pack()
 host = pack_module("nodes.host")
@@ -97,10 +90,10 @@ def test_nodes_are_registered_under_their_ids_in_the_pasd_category():
 
 
 def test_importing_the_pack_loads_no_heavy_module():
-    code = ("import sys; sys.path.insert(0, 'tests'); import comfy_fixtures; comfy_fixtures.load_pack(); "
+    code = ("import sys; sys.path.insert(0, 'tests'); from support.comfyui import load_pack; load_pack(); "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL', 'requests') "
             "if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
 
 
@@ -393,7 +386,7 @@ def test_inside_comfyui_models_pasd_is_registered_after_paths_from_extra_model_p
 
 # --- PASD-SDXL through the loader node ---------------------------------------------------------------
 
-SDXL_CASES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny" / "cases"
+SDXL_CASES = ROOT / "tests" / "fixtures" / "pasd_sdxl_official_tiny" / "cases"
 
 
 @pytest.fixture(scope="module")
@@ -474,7 +467,7 @@ def test_loader_passes_control_type_and_the_prompt_models_to_the_engine(monkeypa
     monkeypatch.setattr(pipeline, "from_pretrained", classmethod(lambda cls, base, pasd, **kw: seen.update(kw)))
     local.PASDModelLoader().load("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none",
                                  caption_model="coca_tiny", device="cpu", dtype="fp32")
-    assert Path(seen["caption_model"]).resolve() == (REPO / "tests/fixtures/pasd_caption_official_tiny/checkpoints/"
+    assert Path(seen["caption_model"]).resolve() == (ROOT / "tests/fixtures/pasd_caption_official_tiny/checkpoints/"
                                                      "pasd_prompt/coca_tiny")
     assert seen["classifier_model"] is None and seen["control_type"] == "realisr"
     assert seen["make_room"] is host.free_memory
@@ -488,7 +481,7 @@ def test_multiline_prompts_show_a_placeholder_and_auto_widgets_say_what_0_means(
     assert "0 = the model's own default" in declared["process_size"][1]["tooltip"]
 
 
-CAPTION_CASES = REPO / "tests" / "fixtures" / "pasd_caption_official_tiny" / "cases"
+CAPTION_CASES = ROOT / "tests" / "fixtures" / "pasd_caption_official_tiny" / "cases"
 
 
 @pytest.mark.parametrize("name", ["P1_sd15_caption", "P2_sdxl_caption_prompt"])

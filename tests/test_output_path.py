@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FAST_SETTINGS, PASD, SD15
 from pasd_core.__main__ import main
+from support.paths import PASD, SD15
+from support.settings import FAST_SETTINGS
 
 NOWHERE = "no/such/model"  # a run that got as far as loading models would fail on it with exit code 1
 

@@ -5,26 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import (
+
+from pasd_core.errors import ModelError
+from pasd_core.models import PASDUNet
+from pasd_core.weights.personalize import apply_lora, apply_personalized_model
+from support.sd_checkpoints import (
     PASD_UNET_CONFIG,
     original_state_dict,
-    perturb,
     read_config,
     tiny_sd_modules,
     write_kohya_lora,
     write_original_sd_file,
     write_state_dict,
 )
-
-from pasd_core.errors import ModelError
-from pasd_core.models import PASDUNet
-from pasd_core.weights.personalize import apply_lora, apply_personalized_model
+from support.seeding import perturb, seeded_init
 
 
 def pasd_models(variant: str):
     """A PASD UNet with PASD-only weights, and the VAE / text encoder of its SD1.5 base."""
-    with torch.random.fork_rng():
-        torch.manual_seed(10)
+    with seeded_init(10):
         unet = perturb(PASDUNet.from_pasd_config(read_config(PASD_UNET_CONFIG), variant), seed=10)
     _, vae, text_encoder = tiny_sd_modules(seed=20)
     return unet, vae, text_encoder

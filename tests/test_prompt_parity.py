@@ -4,23 +4,14 @@ within 1/255, through the Python API and the CLI (the nodes: test_nodes.py and t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MODELS, PROMPT_CASES, TINY_COCA, case_data
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.prompt.stage import clean_caption
-
-TOLERANCE = 1  # levels of 255, at every pixel (the project's parity standard)
-
-
-def _max_difference(result: Image.Image, expected_path) -> int:
-    expected = np.asarray(Image.open(expected_path).convert("RGB"), dtype=np.int16)
-    got = np.asarray(result.convert("RGB"), dtype=np.int16)
-    assert got.shape == expected.shape, f"output size {got.shape} differs from the official {expected.shape}"
-    return int(np.abs(got - expected).max())
+from support.parity import TOLERANCE, max_difference
+from support.paths import MODELS, PROMPT_CASES, TINY_COCA, case_data
 
 
 def _models(data: dict, classifier) -> dict:
@@ -61,7 +52,7 @@ def test_python_api_matches_official_prompt_and_output(case, prompt_pipeline):
         assert category == data["classification"]["category"]
         assert score == pytest.approx(data["classification"]["score"], rel=1e-4)
     result = pipeline.upscale(image, data["settings"], prompt=prompt)
-    assert _max_difference(result, data["dir"] / "expected.png") <= TOLERANCE
+    assert max_difference(result, data["dir"] / "expected.png") <= TOLERANCE
 
 
 @pytest.mark.parametrize("case", PROMPT_CASES)
@@ -80,7 +71,7 @@ def test_cli_matches_official_prompt_and_output(case, tmp_path, capsys, tiny_cla
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"prompt: {data['official_prompt']!r}" in err  # the caption is shown, in the prompt it leads
-    assert _max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
+    assert max_difference(Image.open(output), data["dir"] / "expected.png") <= TOLERANCE
 
 
 def test_a_default_cli_run_captions_and_refuses_without_the_captioner(tmp_path, capsys):

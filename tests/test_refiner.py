@@ -12,15 +12,17 @@ import pytest
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
-from tiny_checkpoints import perturb, read_config
 
-from conftest import FAST_SETTINGS, MODELS, PASD_SDXL, SDXL_BASE, case_data
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine.color import color_fix
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.engine.sampler import control_image_for
 from pasd_core.errors import Interrupted, ModelError, ModelMismatchError, ModelNotFoundError
 from pasd_core.weights.download import REFINER, ensure_refiner
+from support.paths import MODELS, PASD_SDXL, SDXL_BASE, case_data
+from support.sd_checkpoints import read_config
+from support.seeding import perturb, seeded_init
+from support.settings import FAST_SETTINGS
 
 IMAGE = Image.open(case_data("X1_sdxl_fal_defaults")["dir"] / "input.png").convert("RGB")
 SETTINGS = {**FAST_SETTINGS, "high_level_info": "none", "prompt": "a red barn"}  # prompt stage tested elsewhere
@@ -39,8 +41,7 @@ def write_tiny_refiner(folder: Path, seed: int = 0) -> Path:
     unet_config.update(cross_attention_dim=encoder_config.hidden_size,  # the refiner sees text_encoder_2 alone
                        projection_class_embeddings_input_dim=encoder_config.projection_dim
                        + AESTHETIC_IDS * unet_config["addition_time_embed_dim"])
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         unet = perturb(UNet2DConditionModel.from_config(unet_config), seed)
         text_encoder_2 = perturb(CLIPTextModelWithProjection(encoder_config), seed + 1)
     pipe = StableDiffusionXLImg2ImgPipeline(

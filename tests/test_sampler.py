@@ -128,8 +128,8 @@ def test_exact_noise_mode_noises_at_the_asked_timestep(tiny_pipeline):
 
 @pytest.mark.parametrize("dtype", ["bf16"])
 def test_half_precision_runs_close_to_fp32(dtype):
-    from conftest import PASD, SD15
     from pasd_core.engine.pipeline import PASDPipeline
+    from support.paths import PASD, SD15
 
     image = Image.new("RGB", (16, 16), (90, 140, 200))
     full = PASDPipeline.from_pretrained(SD15, PASD, device="cpu", dtype="fp32").upscale(image, QUICK)

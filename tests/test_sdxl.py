@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from tiny_sdxl_checkpoints import write_sdxl_file
 
-from conftest import PASD, PASD_SDXL, SD15, SDXL_BASE, case_data
 from pasd_core.__main__ import main as cli_main
 from pasd_core.engine.family import FAMILIES
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.errors import ModelError
 from pasd_core.weights.pasd_folder import checkpoint_family
+from support.paths import PASD, PASD_SDXL, SD15, SDXL_BASE, case_data
+from support.sdxl_checkpoints import write_sdxl_file
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 3, "high_level_info": "none"}
 IMAGE = Image.open(case_data("X1_sdxl_fal_defaults")["dir"] / "input.png").convert("RGB")
@@ -101,7 +101,7 @@ def test_a_base_of_the_other_family_is_refused_by_the_cli(tmp_path, capsys, base
 
 
 def test_an_sd15_single_file_is_refused_as_an_sdxl_base(tmp_path, capsys):
-    from tiny_checkpoints import tiny_sd_modules, write_original_sd_file
+    from support.sd_checkpoints import tiny_sd_modules, write_original_sd_file
 
     sd15_file = write_original_sd_file(tmp_path / "sd15.safetensors", *tiny_sd_modules(seed=1))
     with pytest.raises(ModelError, match="SD1.x checkpoint"):
@@ -111,7 +111,7 @@ def test_an_sd15_single_file_is_refused_as_an_sdxl_base(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["X1_sdxl_fal_defaults", "X2_sdxl_tiled"])
 def test_the_nodes_reproduce_the_official_sdxl_output(tmp_path, monkeypatch, name):
     """PASD Model Loader + PASD Upscale, outside ComfyUI, on a models folder laid out as ComfyUI's."""
-    from comfy_fixtures import load_pack, pack_module
+    from support.comfyui import load_pack, pack_module
 
     models = tmp_path / "models"
     (models / "pasd" / "pasd_sdxl").mkdir(parents=True)

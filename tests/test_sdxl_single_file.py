@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import tiny_sd_modules, write_original_sd_file, write_state_dict
-from tiny_sdxl_checkpoints import sdxl_base_modules, sdxl_original_state_dict, tiny_sdxl_unet, write_sdxl_file
 
-from conftest import SDXL_BASE
 from pasd_core.errors import ModelError
 from pasd_core.weights.sd15_file import convert_vae_state_dict
 from pasd_core.weights.sdxl_file import (
@@ -23,6 +20,9 @@ from pasd_core.weights.sdxl_file import (
     convert_sdxl_unet_state_dict,
     load_sdxl_base_components,
 )
+from support.paths import SDXL_BASE
+from support.sd_checkpoints import tiny_sd_modules, write_original_sd_file, write_state_dict
+from support.sdxl_checkpoints import sdxl_base_modules, sdxl_original_state_dict, tiny_sdxl_unet, write_sdxl_file
 
 PROMPT = "a red fox in the snow, photorealistic, clean, high-resolution, 8k"
 
@@ -101,7 +101,7 @@ def test_unet_conversion_matches_the_diffusers_unet():
 
 def test_unet_conversion_refuses_an_sd15_unet():
     unet = tiny_sd_modules(seed=0)[0]
-    from tiny_checkpoints import original_state_dict
+    from support.sd_checkpoints import original_state_dict
 
     with pytest.raises(ModelError, match="not an SDXL UNet.*label_emb"):
         convert_sdxl_unet_state_dict(original_state_dict(unet=unet), json.loads(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import original_state_dict, tiny_sd_modules, write_original_sd_file, write_state_dict
 
-from conftest import SD15
 from pasd_core.errors import ModelError
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR, convert_unet_state_dict, load_base_components
+from support.paths import SD15
+from support.sd_checkpoints import original_state_dict, tiny_sd_modules, write_original_sd_file, write_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import CASES, FIXTURES, PASD, ROOT, SD15
+from support.paths import CASES, FIXTURES, PASD, ROOT, SD15
 
 HEAVY = ("torch", "diffusers", "transformers", "safetensors")
 # Libraries a run never uses; importing any of them (e.g. `from diffusers import StableDiffusionPipeline`) costs

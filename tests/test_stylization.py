@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_checkpoints import tiny_sd_modules, write_kohya_lora, write_original_sd_file
 
-from conftest import PASD, PASD_LIGHT, SD15
 from pasd_core.__main__ import main
 from pasd_core.engine.pipeline import PASDPipeline
+from support.paths import PASD, PASD_LIGHT, SD15
+from support.sd_checkpoints import tiny_sd_modules, write_kohya_lora, write_original_sd_file
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7,
          "high_level_info": "none"}

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tiny_checkpoints import tiny_sd_modules, unet_key_to_original, write_kohya_lora, write_original_sd_file
-from tiny_sdxl_checkpoints import tiny_sdxl_modules, tiny_sdxl_unet, write_kohya_sdxl_lora, write_sdxl_file
 
-from conftest import PASD, PASD_SDXL, SD15, SDXL_BASE
 from pasd_core.__main__ import main
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.errors import ModelError
 from pasd_core.weights.kohya_lora import original_unet_name
 from pasd_core.weights.personalize import apply_lora, apply_personalized_model, personalize
+from support.paths import PASD, PASD_SDXL, SD15, SDXL_BASE
+from support.sd_checkpoints import tiny_sd_modules, unet_key_to_original, write_kohya_lora, write_original_sd_file
+from support.sdxl_checkpoints import tiny_sdxl_modules, tiny_sdxl_unet, write_kohya_sdxl_lora, write_sdxl_file
 
 QUICK = {"steps": 10, "process_size": 64, "scale": 1, "seed": 5, "conditioning_scale": 0.7,
          "high_level_info": "none"}

@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-from comfy_fixtures import (
+
+from support.comfyui import (
     API_WORKFLOWS,
     CORE_NODES,
     FRONTEND_ONLY_NODES,
-    REPO,
     SHIPPED,
     WORKFLOWS,
     api_workflows,
@@ -25,6 +25,7 @@ from comfy_fixtures import (
     ui_workflows,
     widget_slots,
 )
+from support.paths import ROOT
 
 pack = load_pack()
 table = pack_module("pasd_core.params")
@@ -74,7 +75,7 @@ def test_the_workflows_are_shipped_as_templates_with_api_copies_and_thumbnails()
     for name in ui_workflows():  # what ComfyUI's template browser shows: the file name over <name>.jpg
         assert (WORKFLOWS / f"{name}.jpg").is_file(), f"run: python tools/make_thumbnails.py {name!r}"
         assert name.startswith("PASD ") and "_" not in name
-    assert not (REPO / "workflows").exists()  # one place, the one ComfyUI lists
+    assert not (ROOT / "workflows").exists()  # one place, the one ComfyUI lists
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)

@@ -10,7 +10,7 @@ repository (commit 396f9ac) outside this project:
 Only the model CONSTRUCTION is patched: ``open_clip.create_model_and_transforms`` builds the tiny
 CoCa through open_clip itself (``local-dir:`` of checkpoints/pasd_prompt/coca_tiny), and
 torchvision's ``resnet50(weights=ResNet50_Weights.DEFAULT)`` returns the architecture with the
-seeded weights of ``tools/prompt_models.py`` (``weights.transforms()`` and
+seeded weights of ``tests/support/prompt_models.py`` (``weights.transforms()`` and
 ``weights.meta["categories"]`` are the published ones). Everything else runs as published; the
 official ``main(args, enable_xformers_memory_efficient_attention=False)`` is called with the
 args its own argparse parser builds from the flags below. Hooks only record values.
@@ -31,20 +31,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # tools.prompt_fixtures, support.prompt_models
 FIX = os.path.join(ROOT, "tests", "fixtures", "pasd_caption_official_tiny")
 SD15 = os.path.join(ROOT, "tests", "fixtures", "pasd_official_tiny", "checkpoints")
 SDXL = os.path.join(ROOT, "tests", "fixtures", "pasd_sdxl_official_tiny", "checkpoints")
 COCA_DIR = os.path.join(FIX, "checkpoints", "pasd_prompt", "coca_tiny")
 COLOR_DIR = os.path.join(FIX, "checkpoints", "pasd_color")
-
-SD15_NEG = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-SD15_ADD = "clean, high-resolution, 8k"
-SDXL_NEG = (
-    "blurry, dirty, messy, frames, deformed, dotted, noise, raster lines, unclear, lowres, "
-    "over-smoothed, painting, ai generated"
-)
-SDXL_ADD = "photorealistic, clean, high-resolution, 8k"
 
 
 def make_input(seed, w, h):
@@ -195,17 +187,18 @@ def make_color_checkpoint(ck, seed=180000):
     import torch
     from safetensors.torch import load_file, save_file
 
+    from support.seeding import numpy_noise
+
     src = os.path.join(SD15, "pasd_light", "checkpoint-120000")
     for i, sub in enumerate(("unet", "controlnet")):
         os.makedirs(os.path.join(ck, sub), exist_ok=True)
         shutil.copyfile(os.path.join(src, sub, "config.json"), os.path.join(ck, sub, "config.json"))
         sd = load_file(os.path.join(src, sub, "diffusion_pytorch_model.safetensors"))
-        rng = np.random.default_rng(seed + i)
         out = {}
-        for k in sorted(sd):
-            t = sd[k].double().numpy()
+        for k, tensor, noise in numpy_noise(((k, sd[k]) for k in sorted(sd)), seed + i):
+            t = tensor.double().numpy()
             mean, std = float(t.mean()), float(t.std()) if t.size > 1 else 0.0
-            a = mean + std * rng.standard_normal(t.shape)
+            a = mean + std * noise
             out[k] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(sd[k].dtype)
         save_file(out, os.path.join(ck, sub, "diffusion_pytorch_model.safetensors"))
 
@@ -303,7 +296,7 @@ def run_case(name, official):
 
     import torchvision.models as tvm
 
-    from tools.prompt_models import seeded_resnet50_state_dict
+    from support.prompt_models import seeded_resnet50_state_dict
 
     real_resnet50 = tvm.resnet50
 

@@ -28,7 +28,7 @@ from torch import nn
 from ...pasd_core.errors import ModelError
 from ...pasd_core.model_family import LABELS
 from ...pasd_core.models.layout import PASDLayout
-from ...pasd_core.weights.pasd_folder import WEIGHT_NAMES, checkpoint_family, detect_variant
+from ...pasd_core.weights.pasd_folder import checkpoint_family, component_weights, detect_variant
 from ...pasd_core.weights.reader import read_config, read_weights
 from .control import build_control
 from .ldm import groups_ops, norm_groups
@@ -133,23 +133,13 @@ def load_strictly(module: nn.Module, state: dict[str, Any], source: Path) -> Non
                          f"(e.g. {result.unexpected_keys[:3]}).")
 
 
-def _weights(folder: Path) -> dict[str, Any]:
-    for name in WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return read_weights(folder / name)
-    raise ModelError(f"no weights in {folder}: expected {WEIGHT_NAMES[0]}.")
-
-
 def load_adapter(folder: str | Path) -> PASDAdapter:
-    """The adapter of a PASD checkpoint folder (unet/ + controlnet/), on ComfyUI's offload device."""
+    """The adapter of a PASD checkpoint folder (unet/ + controlnet/) that nodes.check_adapter_checkpoint accepted, on
+    ComfyUI's offload device."""
     folder = Path(folder)
     family = checkpoint_family(folder)  # checks the folder, with the engine's messages
-    control_state = _weights(folder / "controlnet")
-    if any(k.startswith("controlnet_cond_embedding.preprocesser.") for k in control_state):
-        raise ModelError(f"{folder} is an *_rrdb PASD checkpoint: its ControlNet runs RRDB blocks that ComfyUI's "
-                         "ControlNet has no place for, so PASD Apply supports pasd, pasd_light and pasd_sdxl only. "
-                         "Use PASD Model Loader + PASD Upscale for *_rrdb, or pick another checkpoint.")
-    unet_state = _weights(folder / "unet")
+    control_state = read_weights(component_weights(folder / "controlnet"))
+    unet_state = read_weights(component_weights(folder / "unet"))
     variant = detect_variant(set(unet_state), folder / "unet")
     layout = PASDLayout(read_config(folder / "unet" / "config.json"))
     # stored as ComfyUI would store a UNet on this machine; manual_cast casts to the sampling dtype as it runs

@@ -6,10 +6,14 @@ import ComfyUI plainly, so they are imported only after `comfyui_side` has found
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ...pasd_core import params as table
+from ...pasd_core.errors import ModelError
 from ...pasd_core.model_family import SD15
+from ...pasd_core.weights.pasd_folder import checkpoint_family, component_weights
+from ...pasd_core.weights.reader import CheckpointFile
 from .. import host, images
 from .. import model_choices as choices
 from ..inputs import DeclaredNode, Input, combo, declare, socket
@@ -17,6 +21,18 @@ from ..inputs import DeclaredNode, Input, combo, declare, socket
 SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "enhance", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
 UNTILED = 2**31  # a latent tile larger than any image
+
+
+def check_adapter_checkpoint(folder: str | Path) -> str:
+    """The family of a PASD checkpoint folder the adapter can take, from its configs and weight names alone (no
+    ComfyUI needed): *_rrdb ControlNets are refused."""
+    family = checkpoint_family(folder)  # checks the folder, with the engine's messages
+    names = CheckpointFile(component_weights(Path(folder) / "controlnet"), "PASD ControlNet weights").keys
+    if any(name.startswith("controlnet_cond_embedding.preprocesser.") for name in names):
+        raise ModelError(f"{folder} is an *_rrdb PASD checkpoint: its ControlNet runs RRDB blocks that ComfyUI's "
+                         "ControlNet has no place for, so PASD Apply supports pasd, pasd_light and pasd_sdxl only. "
+                         "Use PASD Model Loader + PASD Upscale for *_rrdb, or pick another checkpoint.")
+    return family
 
 
 def require_comfyui(node: str) -> None:
@@ -52,6 +68,7 @@ class PASDAdapterLoader(DeclaredNode):
 
     def load(self, pasd_model: str) -> tuple[Any]:
         folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")
+        check_adapter_checkpoint(folder)
         require_comfyui("PASD Adapter Loader")
         from .adapter import load_adapter
 

@@ -28,7 +28,8 @@ def _few(names: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _component_weights(folder: Path) -> Path:
+def component_weights(folder: Path) -> Path:
+    """The weights file of one part (unet/ or controlnet/) of a PASD checkpoint folder."""
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
             return folder / name
@@ -80,11 +81,11 @@ def load_pasd_checkpoint(folder: str | Path) -> tuple[PASDUNet, PASDControlNet]:
 
     folder = Path(folder)
     _check_folder(folder)
-    unet_state = read_weights(_component_weights(folder / "unet"))
+    unet_state = read_weights(component_weights(folder / "unet"))
     variant = detect_variant(set(unet_state), folder / "unet")
     unet_config = read_config(folder / "unet" / "config.json")
     unet = _build(lambda: PASDUNet.from_pasd_config(unet_config, variant), unet_state, folder / "unet")
-    control_state = read_weights(_component_weights(folder / "controlnet"))
+    control_state = read_weights(component_weights(folder / "controlnet"))
     control_config = read_config(folder / "controlnet" / "config.json")
     controlnet = _build(lambda: PASDControlNet.from_pasd_config(control_config, set(control_state)),
                         control_state, folder / "controlnet")

@@ -2,7 +2,7 @@
 
 For every case: rebuilds `official_prompt` / `official_negative_prompt` from the README's rules
 (caption by OUR OWN group beam search over open_clip's CoCa forward, classification by
-torchvision's resnet50 + tools/prompt_models.py's seeded weights), and for the grayscale cases
+torchvision's resnet50 + tests/support/prompt_models.py's seeded weights), and for the grayscale cases
 the final YUV merge of `raw_output.png` -> `expected.png` (own integer implementation of
 OpenCV's 8-bit BGR<->YUV; cross-checked against cv2 when cv2 is importable).
 Needs torch, torchvision, open_clip_torch, pillow, numpy. Does NOT need transformers'
@@ -23,7 +23,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # support.prompt_models
 FIX = os.path.join(ROOT, "tests", "fixtures", "pasd_caption_official_tiny")
 COCA = os.path.join(FIX, "checkpoints", "pasd_prompt", "coca_tiny")
 SOT, EOT = 49406, 49407
@@ -151,7 +151,7 @@ def decode(tokens):
 def classify(img):
     from torchvision.models import ResNet50_Weights, resnet50
 
-    from tools.prompt_models import seeded_resnet50_state_dict
+    from support.prompt_models import seeded_resnet50_state_dict
 
     w = ResNet50_Weights.DEFAULT
     net = resnet50()

@@ -3,7 +3,8 @@
 Run in an environment with open_clip_torch (3.3.0 was used). ``write_coca_folder(path)`` writes
 ``open_clip_config.json`` ({"model_cfg", "preprocess_cfg"}) and ``open_clip_model.safetensors``
 with EVERY parameter drawn from ``np.random.default_rng(COCA_SEED)`` (open_clip leaves the
-decoder's ``text_projection`` as torch.empty, so nothing may be left to open_clip's init).
+decoder's ``text_projection`` as torch.empty, so nothing may be left to open_clip's init), through
+``support.seeding.numpy_noise`` (tests/ on sys.path, as tools/make_prompt_fixtures.py puts it).
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ def _param_specs():
 def seeded_coca_state_dict(seed=COCA_SEED, gains=None):
     from open_clip.tokenizer import _tokenizer
 
+    from support.seeding import numpy_noise
+
     g = dict(GAINS, **(gains or {}))
-    model, specs = _param_specs()
-    rng = np.random.default_rng(seed)
+    model, _ = _param_specs()
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    for key, shape in specs:
+    for key, parameter, n in numpy_noise(model.named_parameters(), seed):
+        shape = tuple(parameter.shape)
         last = key.rsplit(".", 1)[-1]
-        n = rng.standard_normal(shape)
         if key == "logit_scale":
             a = np.array(np.log(1 / 0.07))
         elif ("ln" in key.split(".")[-2] if "." in key else False) and last == "weight":

@@ -1,21 +1,25 @@
-"""Test helpers: tiny SD1.5 modules and the files users download for them.
+"""Tiny SD1.5 modules, the files users download for them, and tiny PASD checkpoints of other architectures.
 
 `write_original_sd_file` writes diffusers/transformers modules as an original-layout (CompVis/LDM)
 single file, the reverse of diffusers' `convert_ldm_*_checkpoint`, with explicit renaming rules
 (the layout facts are those of diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py).
 `write_kohya_lora` writes a kohya-style LoRA and returns the weight change each layer should get.
+`write_pasd_checkpoint` writes a small random PASD checkpoint in the official on-disk layout, for architectures the
+fixtures lack.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from conftest import PASD, SD15
+from support.paths import PASD, SD15
+from support.seeding import generator, perturb, seeded_init, seeded_noise
 
 PASD_UNET_CONFIG = PASD / "unet" / "config.json"
 
@@ -30,22 +34,12 @@ def read_config(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def perturb(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
-    """Add seeded noise to every weight, so that norms and biases are not their trivial 1s and 0s."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
-    return module.eval()
-
-
 def tiny_sd_modules(seed: int = 0, **unet_overrides) -> tuple:
     """A stock UNet (the fixture PASD UNet's config), VAE and CLIP text encoder, with seeded weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.random.fork_rng():  # the random init is seeded too, without touching the tests' RNG
-        torch.manual_seed(seed)
+    with seeded_init(seed):  # the random init is seeded too, without touching the tests' RNG
         unet = UNet2DConditionModel.from_config({**read_config(PASD_UNET_CONFIG), **unet_overrides})
         vae = AutoencoderKL.from_config(read_config(SD15 / "vae" / "config.json"))
         text_config = CLIPTextConfig.from_dict(read_config(SD15 / "text_encoder" / "config.json"))
@@ -157,23 +151,63 @@ LORA_TARGETS = {
 }
 
 
-def write_kohya_lora(path: Path, unet, text_encoder, rank: int = 2, seed: int = 0,
-                     alpha: float | None = None) -> dict[tuple[str, str], torch.Tensor]:
-    """A kohya LoRA on the attention (and 1x1 proj) layers; returns {(component, module): up @ down}."""
-    generator = torch.Generator().manual_seed(seed)
+def write_kohya_layers(path: Path, models: Sequence[tuple[str, torch.nn.Module]], name_of: Callable[[str, str], str],
+                       rank: int, seed: int, alpha: float | None) -> dict[tuple[str, str], torch.Tensor]:
+    """A kohya LoRA on the attention (and 1x1 proj) layers of `models` ((component, model) pairs: the UNet and the
+    text encoders), the PASD-only layers left out, each layer named `name_of(module name, component)`; returns
+    {(component, module): up @ down}."""
+    source = generator(seed)
     state: dict[str, torch.Tensor] = {}
     deltas: dict[tuple[str, str], torch.Tensor] = {}
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
+    for component, model in models:
+        targets = LORA_TARGETS["unet" if component == "unet" else "text_encoder"]
         for name, module in model.named_modules():
-            if not LORA_TARGETS[component].match(name) or ".pixel_attentions." in name or "_plus" in name:
+            if not targets.match(name) or ".pixel_attentions." in name or "_plus" in name:
                 continue
             weight = module.weight
-            down = torch.randn((rank, weight.shape[1], *weight.shape[2:]), generator=generator) * 0.1
-            up = torch.randn((weight.shape[0], rank, *([1] * (weight.ndim - 2))), generator=generator) * 0.1
-            prefix = kohya_name(name, component)
+            down = torch.randn((rank, weight.shape[1], *weight.shape[2:]), generator=source) * 0.1
+            up = torch.randn((weight.shape[0], rank, *([1] * (weight.ndim - 2))), generator=source) * 0.1
+            prefix = name_of(name, component)
             state[f"{prefix}.lora_down.weight"] = down
             state[f"{prefix}.lora_up.weight"] = up
             state[f"{prefix}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
             deltas[(component, name)] = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
     write_state_dict(path, state)
     return deltas
+
+
+def write_kohya_lora(path: Path, unet, text_encoder, rank: int = 2, seed: int = 0,
+                     alpha: float | None = None) -> dict[tuple[str, str], torch.Tensor]:
+    """A kohya LoRA on the attention (and 1x1 proj) layers; returns {(component, module): up @ down}."""
+    return write_kohya_layers(path, (("unet", unet), ("text_encoder", text_encoder)), kohya_name, rank, seed, alpha)
+
+
+def _pasd_config(component: str, **overrides) -> dict:
+    config = json.loads((PASD / component / "config.json").read_text())
+    config.update(overrides)
+    return config
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    return {k: noise * 0.05 for k, _, noise in seeded_noise(model.state_dict().items(), seed)}
+
+
+def write_pasd_checkpoint(folder: Path, variant: str = "pasd", *, rrdb: bool = False, seed: int = 0,
+                          **architecture) -> Path:
+    """`folder/unet` and `folder/controlnet`, each config.json + diffusion_pytorch_model.safetensors."""
+    from pasd_core.models import PASDControlNet, PASDUNet
+
+    shared = {k: v for k, v in architecture.items()}
+    unet_config = _pasd_config("unet", **shared)
+    control_config = _pasd_config("controlnet", use_rrdb=rrdb, **{k: v for k, v in shared.items()
+                                                                  if k not in ("up_block_types", "sample_size")})
+    unet = PASDUNet.from_pasd_config(unet_config, variant)
+    keys = {"controlnet_cond_embedding.to_rgbs.0.weight"}
+    if rrdb:
+        keys.add("controlnet_cond_embedding.preprocesser.0.rdb1.conv1.weight")
+    controlnet = PASDControlNet.from_pasd_config(control_config, keys)
+    for name, config, model, offset in (("unet", unet_config, unet, 0), ("controlnet", control_config, controlnet, 1)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(_randomize(model, seed + offset), folder / name / "diffusion_pytorch_model.safetensors")
+    return folder

@@ -4,18 +4,21 @@ Medium, as in the issue's side-by-side run: PASD UNet (with PACA) and ControlNet
 base with the real SD1.5 text encoder (CLIP ViT-L, 123M parameters) and VAE (84M), so that model construction and
 weight reading weigh what they weigh in a real run. Folders and files follow the published layout (PASD
 `unet/` + `controlnet/`; a diffusers base folder), so the CLI, the nodes and any older checkout load them as they
-are. Weights are seeded: the same files every time.
+are. Weights are seeded: the same files every time. The benchmarks of start-up and of the prompt stage share one
+cache of it (DEFAULT_CACHE).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 MEDIUM_CHANNELS = [64, 128, 256, 256]
 FORMAT = 1  # bump when what is written changes, so an old cache is rebuilt
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "comfyui-pasd-bench" / "medium-sd15"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -30,13 +33,14 @@ def build_medium(cache: Path) -> tuple[Path, Path]:
     if stamp.is_file() and json.loads(stamp.read_text()).get("format") == FORMAT:
         return base, pasd
     import torch
-    from bench_step_cost import CONFIG_DIRS, controlnet_config, randomize_, read_json
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from pasd_core.model_family import SD15
     from pasd_core.models import PASDControlNet, PASDUNet
+    from support.real_size import CONFIG_DIRS, controlnet_config, randomize_, read_json
+    from support.seeding import seeded_init
 
     shutil.rmtree(cache, ignore_errors=True)
     config_dir = CONFIG_DIRS[SD15]
@@ -51,10 +55,11 @@ def build_medium(cache: Path) -> tuple[Path, Path]:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(pasd / part / "diffusion_pytorch_model.safetensors"))
 
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(config_dir / "text_encoder" / "config.json")))
+    with seeded_init(0):
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(config_dir / "text_encoder" / "config.json")))
+        vae = AutoencoderKL.from_config(read_json("vae"))
     text_encoder.save_pretrained(str(base / "text_encoder"), safe_serialization=True)
-    AutoencoderKL.from_config(read_json("vae")).save_pretrained(str(base / "vae"), safe_serialization=True)
+    vae.save_pretrained(str(base / "vae"), safe_serialization=True)
     for part in ("tokenizer", "scheduler"):
         shutil.copytree(config_dir / part, base / part)
     _write_json(base / "model_index.json", {"_class_name": "StableDiffusionPipeline"})

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tiny_checkpoints import original_state_dict, read_config, write_kohya_lora, write_state_dict
 
-from conftest import PASD
 from pasd_core.models import PASDControlNet, PASDUNet
 from pasd_core.weights.sd15_file import SD15_CONFIG_DIR
+from support.paths import PASD
+from support.sd_checkpoints import original_state_dict, read_config, write_kohya_lora, write_state_dict
+from support.seeding import seeded_noise
 
 BASE_FILE = "v1-5-pruned-emaonly.safetensors"
 STYLE_FILE = "toonyou_beta6.safetensors"
@@ -88,10 +89,8 @@ def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
     Matrices and kernels get std 0.5/sqrt(fan-in); norms scale 1 ± 0.1; biases ± 0.02. The ControlNet's
     zero convolutions get weights too, or the control (and so PACA) would be exactly zero.
     """
-    generator = torch.Generator().manual_seed(seed)
     weights = {}
-    for name, tensor in model.state_dict().items():
-        noise = torch.randn(tensor.shape, generator=generator)
+    for name, tensor, noise in seeded_noise(model.state_dict().items(), seed):
         if tensor.ndim >= 2:
             weights[name] = noise * (0.5 / tensor[0].numel() ** 0.5)
         elif name.endswith("weight"):  # the only 1-d weights are norms'

@@ -1,4 +1,4 @@
-"""Test helpers: the fixtures' tiny SDXL base written as the single file a ComfyUI user downloads.
+"""The fixtures' tiny SDXL base written as the single file a ComfyUI user downloads.
 
 `sdxl_original_state_dict` is the reverse of `pasd_core.weights.sdxl_file`'s readers, from its own table of
 the original (SGM) layout: CLIP ViT-L under `conditioner.embedders.0.transformer.` in transformers' names,
@@ -12,16 +12,16 @@ import math
 from pathlib import Path
 
 import torch
-from tiny_checkpoints import (
-    LORA_TARGETS,
+
+from support.paths import PASD_SDXL, SDXL_BASE
+from support.sd_checkpoints import (
     original_state_dict,
-    perturb,
     read_config,
     unet_key_to_original,
+    write_kohya_layers,
     write_state_dict,
 )
-
-from conftest import PASD_SDXL, SDXL_BASE
+from support.seeding import perturb, seeded_init
 
 # transformers' CLIP names (below `text_model.`) → OpenCLIP's, for the whole model and inside each block
 _TO_OPEN_CLIP_TOP = {
@@ -62,8 +62,7 @@ def tiny_sdxl_unet(seed: int = 0):
     """A stock SDXL-shaped UNet2DConditionModel (the fixture PASD-SDXL UNet's config) with seeded weights."""
     from diffusers import UNet2DConditionModel
 
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         unet = UNet2DConditionModel.from_config(read_config(PASD_SDXL / "unet" / "config.json"))
     return perturb(unet, seed)
 
@@ -139,22 +138,7 @@ def write_kohya_sdxl_lora(path: Path, unet, text_encoder, text_encoder_2, rank: 
                           original_unet_names: bool = True) -> dict[tuple[str, str], torch.Tensor]:
     """A kohya SDXL LoRA on the attention (and proj) layers of the UNet and both text encoders, the PASD-only
     layers left out; returns {(component, module): up @ down}."""
-    generator = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    deltas: dict[tuple[str, str], torch.Tensor] = {}
     models = (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))
-    for component, model in models:
-        targets = LORA_TARGETS["unet" if component == "unet" else "text_encoder"]
-        for name, module in model.named_modules():
-            if not targets.match(name) or ".pixel_attentions." in name or "_plus" in name:
-                continue
-            weight = module.weight
-            down = torch.randn((rank, weight.shape[1], *weight.shape[2:]), generator=generator) * 0.1
-            up = torch.randn((weight.shape[0], rank, *([1] * (weight.ndim - 2))), generator=generator) * 0.1
-            prefix = _kohya_sdxl_name(name, component, dict(unet.config), original_unet_names)
-            state[f"{prefix}.lora_down.weight"] = down
-            state[f"{prefix}.lora_up.weight"] = up
-            state[f"{prefix}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
-            deltas[(component, name)] = (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
-    write_state_dict(path, state)
-    return deltas
+    config = dict(unet.config)
+    return write_kohya_layers(path, models, lambda name, component: _kohya_sdxl_name(
+        name, component, config, original_unet_names), rank, seed, alpha)

@@ -1,31 +1,23 @@
-"""Shared helpers for the ComfyUI-facing tests: the pack as ComfyUI imports it, the tiny models laid out
-as a ComfyUI models folder, fakes of ComfyUI's modules and of the engine, and the UI-format → API-format
-workflow converter. Importing this module loads no heavy module (the pack's import-cost test relies on it).
+"""The ComfyUI side of the tests: the pack as ComfyUI imports it, the tiny models laid out as a ComfyUI models
+folder, fakes of ComfyUI's modules and of the engine, and the UI-format → API-format workflow converter. Importing
+this module loads no heavy module (the pack's import-cost test relies on it).
 
-`python tests/comfy_fixtures.py` rewrites example_workflows/api/*.json from the UI workflows.
+`python tools/write_api_workflows.py` rewrites example_workflows/api/*.json from the UI workflows with it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "tests" / "fixtures" / "pasd_official_tiny"
-CHECKPOINTS = FIXTURES / "checkpoints"
-SDXL_FIXTURES = REPO / "tests" / "fixtures" / "pasd_sdxl_official_tiny"
-SDXL_CHECKPOINTS = SDXL_FIXTURES / "checkpoints"
-CAPTION_FIXTURES = REPO / "tests" / "fixtures" / "pasd_caption_official_tiny"
-# pasd_prompt/coca_tiny and pasd_color/{checkpoint-180000,scheduler}
-CAPTION_CHECKPOINTS = CAPTION_FIXTURES / "checkpoints"
-TINY_COCA = CAPTION_CHECKPOINTS / "pasd_prompt" / "coca_tiny"
-WORKFLOWS = REPO / "example_workflows"  # ComfyUI lists a custom node's example_workflows/*.json as templates
+from support.paths import CHECKPOINTS, PROMPT_CHECKPOINTS, ROOT, SDXL_CHECKPOINTS
+
+WORKFLOWS = ROOT / "example_workflows"  # ComfyUI lists a custom node's example_workflows/*.json as templates
 API_WORKFLOWS = WORKFLOWS / "api"  # a subfolder: served, but not listed as templates
 # The exact-engine templates, by the short names the tests use. A file name is the title ComfyUI's template browser
 # shows (and <name>.jpg its thumbnail, made by tools/make_thumbnails.py).
@@ -77,8 +69,8 @@ FRONTEND_ONLY_NODES = ("Note", "MarkdownNote")
 def load_pack() -> Any:
     """The repository imported the way ComfyUI imports a custom node folder (a package named after it)."""
     if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
+        spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[PACK_NAME] = module
         spec.loader.exec_module(module)
@@ -102,10 +94,10 @@ def make_models_dir(root: Path, *, sdxl: bool = False, captioner: bool = False, 
     for name in ("pasd", "diffusers", "checkpoints", "loras", "vae", "pasd_prompt"):
         (root / name).mkdir(parents=True, exist_ok=True)
     if captioner:
-        (root / "pasd_prompt" / "coca_tiny").symlink_to(CAPTION_CHECKPOINTS / "pasd_prompt" / "coca_tiny",
+        (root / "pasd_prompt" / "coca_tiny").symlink_to(PROMPT_CHECKPOINTS / "pasd_prompt" / "coca_tiny",
                                                         target_is_directory=True)
     if color:
-        (root / "pasd" / "pasd_light_color").symlink_to(CAPTION_CHECKPOINTS / "pasd_color", target_is_directory=True)
+        (root / "pasd" / "pasd_light_color").symlink_to(PROMPT_CHECKPOINTS / "pasd_color", target_is_directory=True)
     for variant in ("pasd", "pasd_light"):
         (root / "pasd" / variant).symlink_to(CHECKPOINTS / variant, target_is_directory=True)
     (root / "diffusers" / "stable-diffusion-v1-5").symlink_to(CHECKPOINTS / "stable-diffusion-v1-5",
@@ -376,8 +368,3 @@ def write_api_copies(convert: Callable[[dict[str, Any]], dict[str, Any]] = ui_to
     for name, workflow in ui_workflows().items():
         (API_WORKFLOWS / f"{name}.json").write_text(json.dumps(convert(workflow), indent=2) + "\n")
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("PASD_MODELS_DIR", str(REPO / "models"))
-    write_api_copies()
-    print(f"wrote {len(ui_workflows())} API workflows to {API_WORKFLOWS}")
