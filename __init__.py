@@ -4,6 +4,7 @@ ComfyUI imports this file; it only exposes the nodes. The engine (`pasd_core`) l
 dependencies (torch models, diffusers, transformers) the first time a node runs.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:  # ComfyUI imports this folder as a package; pytest, in a clone named ComfyUI-PASD, as a lone file
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
