@@ -123,16 +123,16 @@ class PASDModelLoader(DeclaredNode):
         paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
                  base_model_path(base_model), optional_path("checkpoints", style_model, "style_model"),
                  optional_path("loras", lora, "lora"), vae_path(vae))
-        from ..pasd_core.engine.pipeline import PASDPipeline
+        from .host_models import HostedPASDPipeline, placement, shared_prompt_stage
 
-        pipeline = PASDPipeline.from_pretrained(
+        pipeline = HostedPASDPipeline.from_pretrained(
             paths[1], paths[0], style_model=paths[2], style_strength=settings["style_strength"],
             lora=paths[3], lora_strength=settings["lora_strength"], vae=paths[4],
             lcm_lora=optional_path("loras", lcm_lora, "lcm_lora"), device=device, dtype=dtype,
             control_type=settings["control_type"],
-            caption_model=choices.prompt_model_path(caption_model, "caption_model"),
-            classifier_model=choices.prompt_model_path(classifier_model, "classifier_model"),
-            make_room=host.free_memory,
+            prompt_stage=shared_prompt_stage(choices.prompt_model_path(caption_model, "caption_model"),
+                                             choices.prompt_model_path(classifier_model, "classifier_model")),
+            placement=placement(),
         )
         return (pipeline,)
 
@@ -158,25 +158,18 @@ class PASDUpscale(DeclaredNode):
         )
 
     def upscale(self, image: Any, pasd_model: Any, **params: Any) -> tuple[Any, str]:
-        pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline; its device stays the target while offloaded
+        pipeline = pasd_model  # a pasd_core.engine.pipeline.PASDPipeline whose parts ComfyUI loads for each pass
         plan = pipeline.plan(params)  # the one validation of the run; refuses a captioner the loader did not load
         image = images.checked(image)
-        plan.check_work(image.shape[2], image.shape[1])  # before any model moves or pixel converts
+        plan.check_work(image.shape[2], image.shape[1])  # before any model loads or pixel converts
         inputs = images.to_pil(image)
         total = len(inputs) * pipeline.count_steps(*inputs[0].size, plan)
 
-        def weights_to_device(prompts: list[Any]) -> None:
-            # after the prompt stage, whose model visits the device alone, before PASD's weights move there
-            host.free_memory(pipeline.memory_required(), str(pipeline.device))
-            pipeline.to(pipeline.device)
+        def announce(prompts: list[Any]) -> None:
             host.log.info("PASD: upscaling %d image(s) of %d×%d by %d, %d denoising steps in all", len(inputs),
                           *inputs[0].size, plan["scale"], total)
 
-        try:
-            with host.cancellable() as should_stop, host.progress(total) as tick:
-                outputs, prompts = pipeline.upscale_batch(inputs, plan, before_sampling=weights_to_device,
-                                                          on_step=tick, should_stop=should_stop)
-        finally:
-            if not host.keeps_models_on_device():
-                pipeline.offload()
+        with host.cancellable() as should_stop, host.progress(total) as tick:
+            outputs, prompts = pipeline.upscale_batch(inputs, plan, before_sampling=announce, on_step=tick,
+                                                      should_stop=should_stop)
         return images.to_batch(outputs), "\n".join(prompt.description for prompt in prompts)

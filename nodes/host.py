@@ -41,6 +41,23 @@ def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None
 
 
+def patcher_class() -> type:
+    """The patcher core holds its own models with now: CoreModelPatcher (ComfyUI 0.38; main.py rebinds it to the
+    dynamic patcher when it starts Dynamic VRAM, so it is read at call time), else ModelPatcher (0.3.64)."""
+    model_patcher = importlib.import_module("comfy.model_patcher")
+    return getattr(model_patcher, "CoreModelPatcher", model_patcher.ModelPatcher)
+
+
+def is_dynamic(patcher: object) -> bool:
+    """True for a Dynamic VRAM patcher (0.38); 0.3.64's have no is_dynamic."""
+    return bool(getattr(patcher, "is_dynamic", lambda: False)())
+
+
+def has_model_manager() -> bool:
+    """True where ComfyUI's model manager can hold this pack's models (its patchers and load_models_gpu)."""
+    return _comfy("comfy.model_patcher") is not None and _comfy("comfy.model_management") is not None
+
+
 def require_comfyui(needed_by: str) -> None:
     """Nothing inside ComfyUI; outside it, for code that only makes sense there (the native adapter patches ComfyUI's
     own MODEL), a clear error that names the alternative."""
@@ -197,27 +214,6 @@ def preferred_dtype(device: str) -> str:
     dtype = model_management.unet_dtype(device=torch.device(device),
                                         supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
     return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, "auto")
-
-
-def free_memory(bytes_needed: int, device: str) -> None:
-    """Make room for `bytes_needed` on `device` before a big allocation, as core nodes do: ComfyUI offloads only
-    as many of its least recently used models as that takes (never all of them), then returns cached blocks."""
-    model_management = _comfy("comfy.model_management")
-    import torch
-
-    if model_management is not None:
-        model_management.free_memory(bytes_needed, torch.device(device))
-        return
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def keeps_models_on_device() -> bool:
-    """True when ComfyUI runs with --highvram (models stay on the GPU between runs)."""
-    model_management = _comfy("comfy.model_management")
-    if model_management is None:
-        return False
-    return str(model_management.unet_offload_device()) == str(model_management.get_torch_device())
 
 
 # --- progress and interruption ----------------------------------------------------------------

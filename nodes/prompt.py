@@ -7,7 +7,7 @@ from typing import Any
 from ..pasd_core import params as table
 from ..pasd_core.model_family import LABELS, SD15, SDXL
 from ..pasd_core.prompt.folders import CAPTIONER, CLASSIFIER, KINDS
-from ..pasd_core.prompt.stage import PromptSettings, PromptStage
+from ..pasd_core.prompt.stage import PromptSettings
 from . import host, images
 from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, socket
@@ -70,18 +70,22 @@ class PASDPrompt(DeclaredNode):
         request = PromptSettings(settings["high_level_info"], settings["prompt"], settings["added_prompt"],
                                  settings["negative_prompt"], family, table.REALISR)
         stage = self._stage(request.high_level_info, caption_model, classifier_model)
-        import torch
-
-        device = torch.device(host.torch_device())
-        prompts = [stage.describe(picture, request, device) for picture in images.to_pil(images.checked(image))]
+        prompts = stage.describe_batch(images.to_pil(images.checked(image)), request)
         return prompts[0].prompt, "\n".join(p.description for p in prompts)
 
     def _stage(self, high_level_info: str, caption_model: str, classifier_model: str) -> Any:
-        """The prompt stage with the one model `high_level_info` needs, loaded once per folder on this node."""
+        """The prompt stage with the one model `high_level_info` needs (shared with every node that loads the same
+        folder), placed where this node runs; kept on the node between runs."""
         kind = KINDS.get(high_level_info)
         chosen = {CAPTIONER: caption_model, CLASSIFIER: classifier_model}
         folders = tuple(choices.prompt_model_path(chosen[each], each.node_input)
                         if each is kind and chosen[each] != NONE else None for each in (CAPTIONER, CLASSIFIER))
         if self._loaded is None or self._loaded[0] != folders:
-            self._loaded = (folders, PromptStage.load(*folders, make_room=host.free_memory))
+            import torch
+
+            from .host_models import placement, shared_prompt_stage
+
+            stage = shared_prompt_stage(*folders)
+            stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
+            self._loaded = (folders, stage)
         return self._loaded[1]

@@ -23,6 +23,7 @@ import torch
 from pasd_core.engine.device import resolve_dtype
 from pasd_core.engine.pipeline import PASDPipeline
 from pasd_core.model_family import SD15, SDXL
+from pasd_core.placement import LocalPlacement
 from support.real_size import build_base, build_pasd, lcm_pipeline, photo, sampler_models
 
 pytestmark = [
@@ -44,7 +45,13 @@ OFFICIAL_SETTINGS = {"scale": 2, "steps": 25, "seed": 0, "high_level_info": "non
 def load(family: str, dtype: torch.dtype) -> PASDPipeline:
     """The real-size PASD of `family` on the GPU in `dtype`; the same seeded weights on every call."""
     unet, controlnet = build_pasd("pasd", family)
-    return PASDPipeline(sampler_models(family, build_base(family), unet, controlnet, dtype), "pasd").to(DEVICE)
+    return on_gpu(PASDPipeline(sampler_models(family, build_base(family), unet, controlnet, dtype), "pasd"))
+
+
+def on_gpu(pipeline: PASDPipeline) -> PASDPipeline:
+    """The pipeline cast to its dtypes and placed on the GPU, as from_pretrained places one."""
+    pipeline.place(LocalPlacement, torch.device(DEVICE))
+    return pipeline
 
 
 def upscale(family: str, dtype: torch.dtype) -> np.ndarray:
@@ -146,7 +153,7 @@ LCM_SETTINGS = {"scale": 2, "steps": 4, "guidance_scale": 1.5, "seed": 0}  # CFG
 
 def upscale_lcm(dtype: torch.dtype) -> np.ndarray:
     """The LoRA is merged in fp32 on CPU, then the pipeline is cast: every dtype gets the same merged weights."""
-    return run_once(lcm_pipeline(build_base(SD15), dtype).to(DEVICE), PARITY_INPUT[SD15], LCM_SETTINGS)
+    return run_once(on_gpu(lcm_pipeline(build_base(SD15), dtype)), PARITY_INPUT[SD15], LCM_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +179,7 @@ def test_time_per_image_25_steps_against_lcm_4_steps():
     dtype = resolve_dtype("auto", DEVICE, SD15)
     base = build_base(SD15)
     runs = (("UniPC", lambda: load(SD15, dtype), {"steps": 25, "guidance_scale": 7.0}),
-            ("LCM", lambda: lcm_pipeline(base, dtype).to(DEVICE), {"steps": 4, "guidance_scale": 1.0}),
+            ("LCM", lambda: on_gpu(lcm_pipeline(base, dtype)), {"steps": 4, "guidance_scale": 1.0}),
             ("LCM", None, {"steps": 4, "guidance_scale": 1.5}))
     pipeline, lines = None, []
     for label, make, settings in runs:

@@ -295,7 +295,7 @@ def test_upscale_node_refuses_unusable_tensors_before_any_work(image, words):
     with pytest.raises(errors.InputImageError) as refused:
         local_nodes.PASDUpscale().upscale(image, pipeline, **sampler_values())
     assert all(w in str(refused.value) for w in words), str(refused.value)
-    assert pipeline.events == [] and pipeline.settings == []
+    assert pipeline.settings == [] and pipeline.described == []
 
 
 def test_upscale_node_refuses_a_4096_square_at_x4_before_any_work():
@@ -303,7 +303,7 @@ def test_upscale_node_refuses_a_4096_square_at_x4_before_any_work():
     image = torch.zeros(1, 1, 1, 3).expand(1, 4096, 4096, 3)  # a real-size batch without the memory
     with pytest.raises(errors.InputImageError, match=r"16384×16384 control image \(268.4 megapixels\)"):
         local_nodes.PASDUpscale().upscale(image, pipeline, **sampler_values(scale=4))
-    assert pipeline.events == [] and pipeline.settings == []
+    assert pipeline.settings == [] and pipeline.described == []
 
 
 def test_rounding_overshoot_is_clamped_silently():

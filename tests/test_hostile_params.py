@@ -103,7 +103,7 @@ def test_upscale_node_refuses_them_before_any_work():
     values = {**table.defaults(table.SAMPLER_PARAMS), "conditioning_scale": float("nan")}
     with pytest.raises(table.ParamError, match="conditioning_scale=nan is not a finite number"):
         local_nodes.PASDUpscale().upscale(torch.rand(1, 8, 8, 3), pipeline, **values)
-    assert pipeline.events == [] and pipeline.settings == []
+    assert pipeline.settings == [] and pipeline.described == []
 
 
 def test_loader_node_refuses_them_before_loading():

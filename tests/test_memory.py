@@ -11,12 +11,12 @@ from pasd_core.engine.family import OFFICIAL_VAE_TILES
 
 
 def test_cpu_keeps_the_official_vae_tiles():
-    assert memory.vae_tiles_for(torch.device("cpu"), torch.float32) == OFFICIAL_VAE_TILES
+    assert memory.vae_tiles_for(torch.device("cpu"), torch.float32, OFFICIAL_VAE_TILES) == OFFICIAL_VAE_TILES
 
 
 def test_small_gpu_gets_smaller_vae_tiles(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 1024**3, 8 * 1024**3))
-    encode, decode = memory.vae_tiles_for(torch.device("cuda"), torch.float16)
+    encode, decode = memory.vae_tiles_for(torch.device("cuda"), torch.float16, OFFICIAL_VAE_TILES)
     assert decode < OFFICIAL_VAE_TILES[1] and memory.vae_peak_bytes(decode, torch.float16) <= 1024**3
     assert encode <= decode
 
@@ -41,6 +41,6 @@ def test_out_of_memory_on_gpu_retries_with_smaller_tiles(tiny_pipeline, monkeypa
     monkeypatch.setattr(pipeline._sampler, "run", run)
     monkeypatch.setattr(pipeline.models, "device", torch.device("cuda"))
     monkeypatch.setattr(pipeline_module.memory, "vae_tiles_for", lambda device, dtype, official: OFFICIAL_VAE_TILES)
-    monkeypatch.setattr(pipeline_module.memory, "release", lambda device: None)
+    monkeypatch.setattr(pipeline_module, "release", lambda device: None)
     pipeline.upscale(Image.new("RGB", (8, 8)), {"latent_tile_size": 64, "high_level_info": "none"})
     assert attempts == [64, 32]

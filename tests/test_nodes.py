@@ -259,9 +259,7 @@ def test_one_progress_tick_per_denoising_step_of_every_image(comfyui):
     pipeline = FakePipeline(steps=4)
     local.PASDUpscale().upscale(as_image_batch(*[Image.new("RGB", (8, 8))] * 3), pipeline, **sampler_values())
     assert comfyui.bar_totals == [12] and comfyui.ticks == 12
-    # room made for what the run needs, on its device, before the weights move: the user's other models stay
-    assert comfyui.calls[0] == ("free_memory", pipeline.required, "cpu")
-    assert pipeline.events == ["to cpu", "offload"]  # run where the model was loaded, then weights to CPU
+    assert comfyui.calls == []  # the node frees nothing: ComfyUI's model manager places the models
 
 
 def test_real_engine_ticks_match_count_steps(comfyui, pasd):
@@ -272,23 +270,18 @@ def test_real_engine_ticks_match_count_steps(comfyui, pasd):
     assert comfyui.ticks == comfyui.bar_totals[0] > settings["steps"]  # tiled: one tick per tile and step
 
 
-def test_cancel_stops_the_run_between_steps_as_a_comfyui_interruption(comfyui, pasd):
+@pytest.mark.parametrize("interrupt_base", [Exception, BaseException], ids=["0.3.64", "0.38"])
+def test_cancel_stops_the_run_between_steps_as_a_comfyui_interruption(monkeypatch, models_dir, pasd,
+                                                                       interrupt_base):
+    """ComfyUI 0.38's InterruptProcessingException is a BaseException (0.3.64's an Exception): either way the run
+    stops at once, between steps, and returns nothing."""
+    comfyui = FakeComfyUI(models_dir, interrupt_base=interrupt_base).install(monkeypatch)
     comfyui.interrupt_after = 3
     image, params, _ = case("A_untiled")
     with pytest.raises(comfyui.model_management.InterruptProcessingException):
         local.PASDUpscale().upscale(image.repeat(2, 1, 1, 1), pasd, **sampler_values(**params))
     assert comfyui.ticks == 3  # no step after the cancel, and the second image never started
     assert comfyui.interrupt is False  # consumed, so the next prompt runs
-    assert pasd.models.unet.device.type == "cpu" and pasd.device.type == "cpu"
-
-
-def test_highvram_and_cpu_runs_keep_the_model_where_it_is(comfyui):
-    comfyui.device, comfyui.high_vram = "cuda", True
-    pipeline = FakePipeline()
-    local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline, **sampler_values())
-    comfyui.device, comfyui.high_vram = "cpu", False
-    local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline, **sampler_values())
-    assert "offload" not in pipeline.events
 
 
 def test_outside_comfyui_an_interruption_surfaces_as_the_engines_error(monkeypatch):
@@ -296,7 +289,7 @@ def test_outside_comfyui_an_interruption_surfaces_as_the_engines_error(monkeypat
     pipeline = FakePipeline()
     with pytest.raises(errors.Interrupted):
         local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline, **sampler_values())
-    assert pipeline.events[-1] == "offload"
+    assert pipeline.settings and len(pipeline.settings) == 1  # stopped in the first image
 
 
 # --- colour fix ------------------------------------------------------------------------------------
@@ -361,11 +354,10 @@ def test_outside_comfyui_the_host_falls_back_honestly(monkeypatch, models_dir, c
     monkeypatch.setenv("PASD_MODELS_DIR", str(models_dir))
     assert host.in_comfyui() is False
     assert host.torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert host.preferred_dtype("cpu") == "auto" and host.keeps_models_on_device() is False
+    assert host.preferred_dtype("cpu") == "auto" and host.has_model_manager() is False
     assert host.interrupted() is False
     cause = errors.Interrupted("x")
     assert host.interruption(cause) is cause
-    host.free_memory(2**30, "cpu")  # nothing to free outside ComfyUI, and no error
     markers = pack_module("nodes.model_choices").PASD_CHECKPOINT_MARKERS
     assert host.model_dirs("pasd", markers) == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
     for total in (3, None):
@@ -453,7 +445,7 @@ def test_upscale_refuses_a_prompt_stage_model_the_loader_did_not_load_before_any
     with pytest.raises(table.ParamError, match="needs the CoCa captioner.*download --captioner"):
         local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline,
                                     **sampler_values(high_level_info="caption"))
-    assert comfyui.calls == [] and pipeline.events == [] and pipeline.described == []  # nothing freed or moved
+    assert comfyui.calls == [] and pipeline.described == []  # nothing loaded or described
     with pytest.raises(table.ParamError, match="ResNet-50 classifier"):
         local.PASDUpscale().upscale(as_image_batch(Image.new("RGB", (8, 8))), pipeline,
                                     **sampler_values(high_level_info="classification"))
@@ -463,14 +455,14 @@ def test_loader_passes_control_type_and_the_prompt_models_to_the_engine(monkeypa
     models = make_models_dir(tmp_path / "models", captioner=True)
     FakeComfyUI(models).install(monkeypatch)
     seen = {}
-    pipeline = pack_module("pasd_core.engine.pipeline").PASDPipeline
+    pipeline = pack_module("nodes.host_models").HostedPASDPipeline
     monkeypatch.setattr(pipeline, "from_pretrained", classmethod(lambda cls, base, pasd, **kw: seen.update(kw)))
     local.PASDModelLoader().load("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none",
                                  caption_model="coca_tiny", device="cpu", dtype="fp32")
-    assert Path(seen["caption_model"]).resolve() == (ROOT / "tests/fixtures/pasd_caption_official_tiny/checkpoints/"
-                                                     "pasd_prompt/coca_tiny")
-    assert seen["classifier_model"] is None and seen["control_type"] == "realisr"
-    assert seen["make_room"] is host.free_memory
+    stage = seen["prompt_stage"]
+    assert stage.captioner is not None and stage.classifier is None and seen["control_type"] == "realisr"
+    # this fake ComfyUI has no model manager (no comfy.model_patcher): the engine places its models itself
+    assert seen["placement"] is pack_module("pasd_core.placement").LocalPlacement
 
 
 def test_multiline_prompts_show_a_placeholder_and_auto_widgets_say_what_0_means():

@@ -6,8 +6,10 @@ The sampler (sampler.py) runs these; the family parts (family.py) read them; the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ..placement import AlreadyPlaced, Placement
 
 if TYPE_CHECKING:
     import torch
@@ -30,10 +32,15 @@ class SamplerModels:
     vae_tiles: tuple[int, int] | None = None  # (encode, decode) tile sides in pixels; None: the family's own
     tokenizer_2: Any = None  # SDXL's second text encoder
     text_encoder_2: Any = None
+    # who makes each part ready on `device` before its pass (placement.py); by default they are there already
+    placement: Placement = field(default_factory=AlreadyPlaced)
 
     def __post_init__(self) -> None:
         if self.vae_tiles is None:
             self.vae_tiles = self.family.vae_tiles
+
+    def text_encoders(self) -> list[Any]:
+        return [encoder for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
 
 
 StepCallback = Callable[[], None]  # called once per denoising call (per tile step when tiled)

@@ -16,7 +16,9 @@ import torch
 
 from ..errors import ModelError
 from ..model_family import SD15, SDXL
+from ..placement import VAE
 from ..weights.reader import read_config
+from . import memory
 
 if TYPE_CHECKING:
     from ..weights.base_model import BaseModel
@@ -92,6 +94,7 @@ class SD15Family:
         from diffusers.utils.torch_utils import randn_tensor
 
         scheduler, vae = m.scheduler, m.vae
+        m.placement.load(VAE, memory.vae_peak_bytes(m.vae_tiles[0], vae.dtype))
         posterior = vae.encode((control * 2.0 - 1.0).to(vae.dtype)).latent_dist
         latents = (posterior.sample(generator) * vae.config.scaling_factor).to(m.dtype)
         n1 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)

@@ -11,8 +11,6 @@ from typing import Any
 
 import torch
 
-from .family import OFFICIAL_VAE_TILES
-
 # SD's VAE decoder at full resolution keeps a few 128-channel maps alive, plus lower-resolution ones. Measured on
 # an H200 (tests/test_gpu.py, 2026-11-26): an untiled 2048² SDXL decode in bf16 added 1,223 values per output pixel
 # to the weights; rounded up by a fifth so the memory asked of ComfyUI covers it.
@@ -20,8 +18,7 @@ _VAE_VALUES_PER_PIXEL = 1500
 _SMALLEST_TILE = 256
 
 
-def vae_tiles_for(device: torch.device, dtype: torch.dtype,
-                  official: tuple[int, int] = OFFICIAL_VAE_TILES) -> tuple[int, int]:
+def vae_tiles_for(device: torch.device, dtype: torch.dtype, official: tuple[int, int]) -> tuple[int, int]:
     """(encode, decode) VAE tile sides: the family's `official` ones when they fit in half the free GPU memory."""
     if device.type != "cuda":
         return official
@@ -51,11 +48,3 @@ def halve_tiles(settings: Mapping[str, Any], vae_tiles: tuple[int, int]) -> tupl
 
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def release(device: torch.device) -> None:
-    """Return cached blocks to the driver so other models (and the retry) can use them."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from PIL import Image
 
 from ..image_io import as_rgb
 from ..params import GRAYSCALE, REALISR
+from ..placement import DENOISER, REFINER, TEXT, VAE, VISITING, LocalPlacement, PlacementFactory, release
 from ..prompt.stage import PromptStage, RunPrompt
 from . import memory
 from .colorize import colorize_input
@@ -59,40 +61,41 @@ class PASDPipeline:
                         vae: str | Path | None = None, lcm_lora: str | Path | None = None,
                         device: str = "auto", dtype: str = "auto", base_config: str | Path | None = None,
                         control_type: str = REALISR, caption_model: str | Path | None = None,
-                        classifier_model: str | Path | None = None,
-                        make_room: Callable[[int, str], None] | None = None,
-                        refiner: str | Path | None = None) -> PASDPipeline:
+                        classifier_model: str | Path | None = None, refiner: str | Path | None = None,
+                        prompt_stage: PromptStage | None = None,
+                        placement: PlacementFactory = LocalPlacement) -> PASDPipeline:
         """Load an official PASD checkpoint folder (PASD-SD1.5 or PASD-SDXL, read from its UNet config) on a base
         of the same family, optionally personalized.
 
         `base_config` only matters for a single-file base of another architecture than the shipped configs' (tests).
         `vae` replaces the base's VAE (e.g. the fp16-fix SDXL VAE that the official SDXL script uses in fp16).
-        `make_room(bytes, device)` is called before the weights move to a GPU (ComfyUI's free_memory).
         `lcm_lora` (PASD-SD1.5 only) turns on the official LCM fast mode: the LCM-LoRA merged with diffusers'
         alpha/rank scale after any personalization, and LCMScheduler; steps and guidance then take their LCM ranges
         and defaults from the parameter table.
         `control_type` "grayscale" is the official colorization (PASD-SD1.5 colour checkpoint, whose folder's
         parent holds its scheduler/); `caption_model` / `classifier_model` are the prompt stage's CoCa and ResNet-50
-        folders (high_level_info caption / classification), loaded once and kept on the CPU between passes.
+        folders (high_level_info caption / classification), or `prompt_stage` one loaded already (ComfyUI shares
+        one per file between its nodes).
         `refiner` (PASD-SDXL only): a stabilityai/stable-diffusion-xl-refiner-1.0 folder, run as a seeded img2img
         pass at strength 0.1 between decode and colour fix. This departs from the official --use_refiner, which
         crashes there (its result is a list) and is unseeded; see engine/refiner.py.
+        `placement` decides where the weights are for each pass (placement.py): by default on `device` from now
+        on, the prompt models only for their pass; ComfyUI's nodes hand over its model manager instead.
         """
         from .device import resolve_device, resolve_dtype
 
         torch_device = resolve_device(device)
         family = check_before_loading(pasd_model, control_type, lcm_lora, refiner)
         torch_dtype = resolve_dtype(dtype, torch_device, family)
-        prompt_stage = PromptStage.load(caption_model, classifier_model, make_room)
+        prompt_stage = prompt_stage or PromptStage.load(caption_model, classifier_model)
         models = load_sampler_models(base_model, pasd_model, torch_dtype, control_type=control_type, vae=vae,
                                      lcm_lora=lcm_lora, base_config=base_config,
                                      personalization=Personalization(style_model, style_strength, lora, lora_strength))
         pipeline = cls(models, models.unet.variant, lcm=lcm_lora is not None, control_type=control_type,
                        prompt_stage=prompt_stage,
                        refiner=Refiner.from_pretrained(refiner, torch_dtype) if refiner is not None else None)
-        if make_room is not None and torch_device.type != "cpu":
-            make_room(pipeline.weight_bytes(), str(torch_device))
-        return pipeline.to(torch_device)
+        pipeline.place(placement, torch_device)
+        return pipeline
 
     @property
     def family(self) -> str:
@@ -103,37 +106,39 @@ class PASDPipeline:
     def device(self) -> torch.device:
         return self.models.device
 
-    # -- weights on the device --------------------------------------------------------------------------------------
-    def _modules(self) -> list[torch.nn.Module]:
+    # -- the weights ------------------------------------------------------------------------------------------------
+    def parts(self) -> dict[str, list[torch.nn.Module]]:
+        """The pipeline's weights by the part each pass needs (placement.py), the prompt stage's included."""
         m = self.models
-        return [module for module in (m.text_encoder, m.text_encoder_2, m.vae, m.unet, m.controlnet)
-                if module is not None] + (self.refiner.modules() if self.refiner is not None else [])
+        parts = {TEXT: m.text_encoders(), DENOISER: [m.unet, m.controlnet], VAE: [m.vae], **self.prompt_stage.parts()}
+        if self.refiner is not None:
+            parts[REFINER] = self.refiner.modules()
+        return parts
 
-    def to(self, device: str | torch.device) -> PASDPipeline:
-        device = torch.device(device)
+    def place(self, placement: PlacementFactory, device: torch.device) -> None:
+        """Cast every part to its dtype where it is, then hand them to `placement` for runs on `device`."""
         m = self.models
-        for module in self._modules():
-            dtype = m.family.vae_dtype(m.vae, m.dtype) if module is m.vae else m.dtype
-            # plain nn.Module.to: diffusers' override warns about fp32-only modules these models do not have
-            torch.nn.Module.to(module, device=device, dtype=dtype)
-        self.models.device = device
-        return self
+        for module in (*m.text_encoders(), m.unet, m.controlnet, *(self.refiner.modules() if self.refiner else ())):
+            torch.nn.Module.to(module, dtype=m.dtype)  # plain nn.Module.to: diffusers' override warns needlessly
+        torch.nn.Module.to(m.vae, dtype=m.family.vae_dtype(m.vae, m.dtype))
+        m.placement = self.prompt_stage.placement = placement(self.parts(), device)
+        m.device = torch.device(device)
+
+    def weight_tensors(self) -> list[torch.Tensor]:
+        """Every weight the pipeline holds (its prompt stage's included), once each."""
+        tensors = {id(t): t for modules in self.parts().values() for module in modules
+                   for t in itertools.chain(module.parameters(), module.buffers())}
+        return list(tensors.values())
 
     def weight_bytes(self) -> int:
-        """Bytes the weights take on the device, in the run's dtype."""
-        size = torch.finfo(self.models.dtype).bits // 8
-        return sum(p.numel() for module in self._modules() for p in module.parameters()) * size
+        """Bytes of the PASD weights (not the prompt models') in the run's dtypes."""
+        return sum(p.numel() * p.element_size() for name, modules in self.parts().items() if name not in VISITING
+                   for module in modules for p in module.parameters())
 
     def memory_required(self) -> int:
         """Bytes a run needs on the device: the weights plus the VAE's peak on one tile (the largest activation)."""
         tiles = memory.vae_tiles_for(torch.device("cpu"), self.models.dtype, self.models.family.vae_tiles)
         return self.weight_bytes() + memory.vae_peak_bytes(tiles[1], self.models.dtype)
-
-    def offload(self) -> None:
-        """Move the weights to CPU (free GPU memory between runs)."""
-        for module in self._modules():
-            module.to("cpu")
-        memory.release(self.models.device)
 
     # -- a run ------------------------------------------------------------------------------------------------------
     def plan(self, settings: Mapping[str, Any] | RunPlan | None = None) -> RunPlan:
@@ -157,7 +162,7 @@ class PASDPipeline:
         return self._describe(self.source_image(image), self.plan(plan))
 
     def _describe(self, source: Image.Image, plan: RunPlan) -> RunPrompt:
-        return self.prompt_stage.describe(source, plan.prompt_settings, self.device)
+        return self.prompt_stage.describe(source, plan.prompt_settings)
 
     def count_steps(self, width: int, height: int, plan: Mapping[str, Any] | RunPlan | None = None) -> int:
         """How many `on_step` calls `upscale` makes for one image of this size."""
@@ -184,8 +189,8 @@ class PASDPipeline:
         sources = [self.source_image(image) for image in images]
         for size in dict.fromkeys(source.size for source in sources):
             plan.check_work(*size)
-        plans = [plan.for_image(index) for index in range(len(sources))]
-        prompts = [self._describe(source, each) for source, each in zip(sources, plans, strict=True)]
+        plans = [plan.for_image(index) for index in range(len(sources))]  # the seeds differ, the prompt settings not
+        prompts = self.prompt_stage.describe_batch(sources, plan.prompt_settings)
         if before_sampling is not None:
             before_sampling(prompts)
         outputs = [self._sample(source, each, prompt, on_step, should_stop)
@@ -199,7 +204,7 @@ class PASDPipeline:
         while True:
             try:
                 return self._sampler.run(source, plan, prompt, on_step=on_step, should_stop=should_stop,
-                                         refine=self.refiner)
+                                         refine=self._refine if self.refiner is not None else None)
             except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
                 if self.device.type == "cpu" or not memory.is_out_of_memory(error):
                     raise
@@ -207,11 +212,16 @@ class PASDPipeline:
                 if smaller is None:
                     raise
             # retried outside the except block, so the failed attempt's tensors are freed with its traceback
-            memory.release(self.device)
+            release(self.device)
             tiles, self.models.vae_tiles = smaller
             plan = plan.replaced(**tiles)
             logger.warning("PASD ran out of memory; retrying with latent tiles of %d and VAE tiles of %s",
                            plan["latent_tile_size"], self.models.vae_tiles)
+
+    def _refine(self, image: Image.Image, prompt: str, generator: torch.Generator,
+                should_stop: StopCheck | None) -> Image.Image:
+        self.models.placement.load(REFINER)
+        return self.refiner(image, prompt, generator, should_stop)
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from PIL import Image
 
 from ..errors import Interrupted
 from ..params import GRAYSCALE
+from ..placement import DENOISER, TEXT, VAE
 from ..prompt.stage import RunPrompt
+from . import memory
 from .color import color_fix
 from .components import Refine, SamplerModels, StepCallback, StopCheck
 from .family import TextConditioning
@@ -75,6 +77,7 @@ class PASDSampler:
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         guided = text.guided
+        self.m.placement.load(DENOISER)
         controlnet, scheduler = self.m.controlnet, self.m.scheduler
         # the run's generator goes to every step of a scheduler that takes one, as diffusers pipelines pass it:
         # LCMScheduler draws fresh noise between steps from it (LCM fixtures' fact 4); UniPC takes none. Asked of
@@ -142,6 +145,7 @@ class PASDSampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.m.vae
+        self.m.placement.load(VAE, memory.vae_peak_bytes(self.m.vae_tiles[1], vae.dtype))
         self._tile_vae(self.m.vae_tiles[1])
         image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
         image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
@@ -155,6 +159,7 @@ class PASDSampler:
         grayscale = settings["control_type"] == GRAYSCALE
         control_image = control_image_for(image, settings["scale"], settings["process_size"], grayscale)
         guided = settings["guidance_scale"] > 1.0
+        self.m.placement.load(TEXT)
         text = self.m.family.encode_text(self.m, prompt.prompt, prompt.negative_prompt, guided, control_image.size)
         control = self._to_tensor(control_image)
         self.m.scheduler.set_timesteps(settings["steps"], device=self.m.device)

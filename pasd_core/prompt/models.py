@@ -29,17 +29,14 @@ _PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 class PromptModel:
-    """A prompt-stage network in fp32 with the preprocessing the official scripts give it; it runs where it is."""
+    """A prompt-stage network in fp32 with the preprocessing the official scripts give it; it runs where its weights
+    are (its prompt stage's placement puts them there)."""
 
     def __init__(self, model: torch.nn.Module, preprocess: Any) -> None:
         self.model, self.preprocess = model, preprocess
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
-
-    def to(self, device: torch.device | str) -> PromptModel:
-        self.model.to(device)
-        return self
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """`image` preprocessed as a batch of one, on the model's device."""

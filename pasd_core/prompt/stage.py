@@ -14,17 +14,19 @@ negative prompt is fixed (grayscale).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..model_family import SD15, SDXL
 from ..params import CAPTION, CLASSIFICATION, GRAYSCALE, ParamError
+from ..placement import CAPTIONER as CAPTIONER_PART
+from ..placement import CLASSIFIER as CLASSIFIER_PART
+from ..placement import AlreadyPlaced, Placement
 from .folders import KINDS
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from .models import Captioner, Classifier
@@ -91,23 +93,27 @@ def run_prompt(settings: PromptSettings, description: str = "", score: float | N
 
 
 class PromptStage:
-    """The captioner and the classifier of a loaded model, kept on the CPU and moved to the run's device only for
-    their pass (ComfyUI is asked to make room first, as for any model)."""
+    """The captioner and the classifier of a loaded model, run where their placement puts them for their pass
+    (engine/placement.py: on the CPU until a pipeline or a node places them)."""
 
     def __init__(self, captioner: Captioner | None = None, classifier: Classifier | None = None,
-                 make_room: Callable[[int, str], None] | None = None) -> None:
+                 placement: Placement | None = None) -> None:
         self.captioner = captioner
         self.classifier = classifier
-        self.make_room = make_room
+        self.placement = placement or AlreadyPlaced()
 
     @classmethod
-    def load(cls, caption_model: str | Path | None = None, classifier_model: str | Path | None = None,
-             make_room: Callable[[int, str], None] | None = None) -> PromptStage:
+    def load(cls, caption_model: str | Path | None = None, classifier_model: str | Path | None = None) -> PromptStage:
         """The prompt stage with the models given (each loaded once, on the CPU)."""
         from .models import load_captioner, load_classifier
 
         return cls(load_captioner(caption_model) if caption_model is not None else None,
-                   load_classifier(classifier_model) if classifier_model is not None else None, make_room)
+                   load_classifier(classifier_model) if classifier_model is not None else None)
+
+    def parts(self) -> dict[str, list[Any]]:
+        """The loaded models by placement part (CAPTION's model as "captioner", CLASSIFICATION's as "classifier")."""
+        loaded = ((CAPTIONER_PART, self.captioner), (CLASSIFIER_PART, self.classifier))
+        return {part: [model.model] for part, model in loaded if model is not None}
 
     def needs(self, high_level_info: str) -> None:
         """Refuse, before any work, a setting whose model was not loaded."""
@@ -120,30 +126,32 @@ class PromptStage:
                 f"{kind.cli_option} / {kind.node_input} (get it with: {kind.download_command}), or set high_level_info "
                 "to 'none' to sample from your prompt alone.")
 
-    def describe(self, image: Image.Image, settings: PromptSettings, device: torch.device) -> RunPrompt:
+    def describe(self, image: Image.Image, settings: PromptSettings) -> RunPrompt:
         """The prompt pair for `image` as opened (RGB, before any resize; in grayscale mode its luminance)."""
+        return self.describe_batch([image], settings)[0]
+
+    def describe_batch(self, images: Sequence[Image.Image], settings: PromptSettings) -> list[RunPrompt]:
+        """The prompt pair of each image, its model placed once for the whole batch."""
         mode = settings.high_level_info
         self.needs(mode)
         if mode == CAPTION:
-            caption = self._on(self.captioner, device, lambda m: m.caption(image))
-            result = run_prompt(settings, clean_caption(caption, settings.family))
+            captions = self._pass(CAPTIONER_PART, lambda: [self.captioner.caption(image) for image in images])
+            results = [run_prompt(settings, clean_caption(caption, settings.family)) for caption in captions]
         elif mode == CLASSIFICATION:
-            category, score = self._on(self.classifier, device, lambda m: m.classify(image))
-            logger.info("PASD: classified as %r (score %.3f; named from %.1f)", category, score, CLASS_THRESHOLD)
-            result = run_prompt(settings, category, score)
+            classes = self._pass(CLASSIFIER_PART, lambda: [self.classifier.classify(image) for image in images])
+            for category, score in classes:
+                logger.info("PASD: classified as %r (score %.3f; named from %.1f)", category, score, CLASS_THRESHOLD)
+            results = [run_prompt(settings, category, score) for category, score in classes]
         else:
-            result = run_prompt(settings)
-        logger.info("PASD: prompt %r", result.prompt)
-        return result
+            results = [run_prompt(settings) for _ in images]
+        for result in results:
+            logger.info("PASD: prompt %r", result.prompt)
+        return results
 
-    def _on(self, model: Any, device: torch.device, work: Callable[[Any], Any]) -> Any:
-        """Run `work(model)` with the model on `device`, then give the memory back."""
-        if device.type == "cpu":
-            return work(model)
-        if self.make_room is not None:
-            self.make_room(model.weight_bytes(), str(device))
-        model.to(device)
+    def _pass(self, part: str, work: Callable[[], Any]) -> Any:
+        """`work()` with `part` made ready where it runs, then handed back."""
+        self.placement.load(part)
         try:
-            return work(model)
+            return work()
         finally:
-            model.to("cpu")
+            self.placement.done(part)

@@ -112,9 +112,19 @@ def make_models_dir(root: Path, *, sdxl: bool = False, captioner: bool = False, 
 # --- fakes of ComfyUI and of the engine ------------------------------------------------------------
 
 class FakeComfyUI:
-    """Just enough of folder_paths, comfy.model_management and comfy.utils to watch the pack use them."""
+    """Just enough of folder_paths, comfy.model_management and comfy.utils to watch the pack use them.
 
-    def __init__(self, models_dir: Path) -> None:
+    `host` adds ComfyUI's model manager: "0.3.64" (ModelPatcher) or "0.38" (CoreModelPatcher, a dynamic patcher
+    with is_dynamic() and cached_patcher_init, as Dynamic VRAM makes it on NVIDIA); `interrupt_base` is what the
+    host's InterruptProcessingException derives from (Exception on 0.3.64, BaseException on 0.38).
+    """
+
+    def __init__(self, models_dir: Path, host: str | None = None,
+                 interrupt_base: type[BaseException] = Exception) -> None:
+        self.host, self.interrupt_base = host, interrupt_base
+        self.loaded: list[Any] = []  # the model manager's current_loaded_models, newest first
+        self.loads: list[Any] = []  # every patcher.load: weights moved to the device
+        self.load_calls: list[dict] = []  # every load_models_gpu call
         self.calls: list[str] = []
         self.ticks = 0
         self.bar_totals: list[int] = []
@@ -125,13 +135,19 @@ class FakeComfyUI:
         self.folder_paths = self._folder_paths(models_dir)
         self.model_management = self._model_management()
         self.utils = self._utils()
+        self.model_patcher = self._model_patcher() if host else None
 
     def install(self, monkeypatch: Any) -> FakeComfyUI:
         """Put the fakes in sys.modules for one test (`monkeypatch` is pytest's fixture)."""
         monkeypatch.setitem(sys.modules, "folder_paths", self.folder_paths)
-        monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
-        monkeypatch.setitem(sys.modules, "comfy.model_management", self.model_management)
-        monkeypatch.setitem(sys.modules, "comfy.utils", self.utils)
+        comfy = types.ModuleType("comfy")
+        monkeypatch.setitem(sys.modules, "comfy", comfy)
+        submodules = {"model_management": self.model_management, "utils": self.utils,
+                      "model_patcher": self.model_patcher}
+        for name, module in submodules.items():
+            if module is not None:  # `import comfy.x` binds x on the package, as Python does for real modules
+                monkeypatch.setitem(sys.modules, f"comfy.{name}", module)
+                setattr(comfy, name, module)
         return self
 
     def _folder_paths(self, models_dir: Path) -> types.ModuleType:
@@ -161,7 +177,7 @@ class FakeComfyUI:
 
         module = types.ModuleType("comfy.model_management")
 
-        class InterruptProcessingException(Exception):
+        class InterruptProcessingException(self.interrupt_base):
             pass
 
         def record(name, result=None):
@@ -180,6 +196,52 @@ class FakeComfyUI:
         module.soft_empty_cache = record("soft_empty_cache")
         module.processing_interrupted = lambda: self.interrupt
         module.interrupt_current_processing = interrupt_current_processing
+        if self.host:
+            module.load_models_gpu = self._load_models_gpu
+            module.current_loaded_models = self.loaded
+        return module
+
+    def _load_models_gpu(self, models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                         force_full_load=False) -> None:
+        """As ComfyUI's: a model loaded already is not loaded again (a dynamic one re-uploads: counted apart)."""
+        self.load_calls.append({"models": list(models), "memory_required": memory_required,
+                                "force_full_load": force_full_load})
+        for patcher in models:
+            if getattr(patcher, "is_dynamic", lambda: False)() and force_full_load:
+                raise AssertionError("a dynamic patcher asserts not full_load (0.38 ModelPatcherDynamic.load)")
+            if patcher not in self.loaded:
+                patcher.load(patcher.load_device)
+                self.loaded.insert(0, patcher)
+
+    def unload_all(self) -> None:
+        """What ComfyUI does when another graph needs the whole device: every model back to its offload device."""
+        for patcher in self.loaded:
+            patcher.model.to(patcher.offload_device)
+        self.loaded.clear()
+
+    def _model_patcher(self) -> types.ModuleType:
+        module = types.ModuleType("comfy.model_patcher")
+        fake = self
+
+        class ModelPatcher:
+            def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+                self.model, self.load_device, self.offload_device = model, load_device, offload_device
+                if fake.host == "0.38":
+                    self.cached_patcher_init = None
+
+            def load(self, device) -> None:
+                fake.loads.append(self)
+                self.model.to(device)
+
+        module.ModelPatcher = ModelPatcher
+        if self.host == "0.38":
+            ModelPatcher.is_dynamic = lambda self: False  # 0.3.64's patcher has no is_dynamic
+            class ModelPatcherDynamic(ModelPatcher):
+                def is_dynamic(self) -> bool:
+                    return True
+
+            module.ModelPatcherDynamic = ModelPatcherDynamic
+            module.CoreModelPatcher = ModelPatcherDynamic  # what main.py rebinds it to under Dynamic VRAM
         return module
 
     def _utils(self) -> types.ModuleType:
@@ -237,20 +299,8 @@ class FakePipeline:
         self.device = torch.device("cpu")
         self.family = "sd15"  # a PASD-SD1.5 model: `auto` settings resolve to test_pasd.py's defaults
         self.lcm = False  # no LCM-LoRA: the normal steps and guidance ranges
-        self.required = 123_456_789  # what memory_required() reports
         self.steps, self.sizes = steps, sizes
         self.settings: list[dict] = []  # the settings of each image upscaled
-        self.events: list[str] = []
-
-    def to(self, device):
-        self.events.append(f"to {device}")
-        return self
-
-    def memory_required(self) -> int:
-        return self.required
-
-    def offload(self) -> None:
-        self.events.append("offload")
 
     def plan(self, settings):
         plans = pack_module("pasd_core.engine.plan")
