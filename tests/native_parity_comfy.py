@@ -15,12 +15,14 @@ Prints one JSON line of figures and messages.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 COMFYUI_DIR, FOLDER = Path(sys.argv[1]), Path(sys.argv[2])
+DYNAMIC = os.environ.get("PASD_DYNAMIC_HOST") == "1"  # load the adapter as on a 0.38 host under Dynamic VRAM
 OTHER_FAMILY = Path(sys.argv[3]) if len(sys.argv) > 3 else None
 sys.path.insert(0, str(COMFYUI_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -126,13 +128,50 @@ def loaded(module: torch.nn.Module) -> bool:
                if m.model is not None)
 
 
+def load_adapter(folder: Path):
+    return pack_module("nodes.native.adapter").load_adapter(folder)
+
+
+def load_adapter_on_dynamic_host() -> tuple[dict, object]:
+    """The adapter loaded as on ComfyUI 0.38 under Dynamic VRAM, as far as it can tell: CoreModelPatcher (and the
+    ModelPatcher core's ControlNet wraps its model in) answers is_dynamic() True. Records how the weights went in
+    and whether `cached_patcher_init` rebuilds PACA's patcher."""
+    original = comfy.model_patcher.ModelPatcher
+    real_load_state_dict = torch.nn.Module.load_state_dict
+    assigned: dict[str, bool] = {}
+
+    class DynamicPatcher(original):
+        def is_dynamic(self) -> bool:
+            return True
+
+    def recording(module, state_dict, strict=True, assign=False):
+        assigned[type(module).__name__] = assign
+        return real_load_state_dict(module, state_dict, strict=strict, assign=assign)
+
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcher = DynamicPatcher
+    torch.nn.Module.load_state_dict = recording
+    try:
+        adapter = load_adapter(FOLDER)
+    finally:
+        comfy.model_patcher.ModelPatcher = original
+        del comfy.model_patcher.CoreModelPatcher
+        torch.nn.Module.load_state_dict = real_load_state_dict
+    factory, arguments = adapter.patcher.cached_patcher_init
+    rebuilt = factory(*arguments, disable_dynamic=True)
+    same = all(torch.equal(a, b) for a, b in zip(rebuilt.model.state_dict().values(),
+                                                   adapter.patcher.model.state_dict().values(), strict=True))
+    return {"patchers_dynamic": [isinstance(p, DynamicPatcher) for p in adapter.get_models()],
+            "assigned": assigned, "rebuilt_dynamic": isinstance(rebuilt, DynamicPatcher), "rebuilt_same": same,
+            "control_reinit": adapter.control.control_model_wrapped.cached_patcher_init is not None}, adapter
+
+
 def main() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     unet, controlnet = load_pasd_checkpoint(FOLDER)
-    layout = config_module.PASDLayout(dict(unet.config))
+    layout = pack_module("pasd_core.models.layout").PASDLayout(dict(unet.config))
     model = comfy_model(unet, layout)
-    adapter = pack_module("nodes.native.adapter").load_adapter(FOLDER)
+    host_figures, adapter = load_adapter_on_dynamic_host() if DYNAMIC else ({}, load_adapter(FOLDER))
     contexts = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)  # [negative, positive]
     added, y = sdxl_extras(unet, generator) if layout.family == SDXL else ({}, None)
     negative = [[contexts[:1], {} if y is None else {"test_y": y[:1]}]]
@@ -151,7 +190,7 @@ def main() -> None:
     sigma = model.model.model_sampling.sigma(torch.tensor(float(TIMESTEP)))
     expected = engine_eps(unet, controlnet, x_t, contexts, control, added)
     first = native_eps(patched, positive, negative, x_t, sigma)
-    figures = {"variant": adapter.variant, "family": adapter.family,
+    figures = {**host_figures, "variant": adapter.variant, "family": adapter.family,
                "max_abs_diff": float((first - expected).abs().max()),
                "eps_scale": float(expected.abs().max()),
                "adapter_loaded_with_model": loaded(adapter.pixel_attention),
@@ -185,7 +224,7 @@ def refusals(patched, model, positive, negative, image, adapter, vae) -> dict[st
     attempts = {"applied_twice": lambda: native.PASDApply().apply(patched, positive, negative, vae, image, adapter,
                                                                   scale=1, conditioning_scale=0.5, process_size=64)}
     if OTHER_FAMILY is not None:
-        other = pack_module("nodes.native.adapter").load_adapter(OTHER_FAMILY)
+        other = load_adapter(OTHER_FAMILY)
         attempts["other_family"] = lambda: native.PASDApply().apply(model, positive, negative, vae, image, other,
                                                                     scale=1, conditioning_scale=0.5, process_size=64)
     messages = {}

@@ -31,11 +31,12 @@ TOLERANCE = 1e-4  # the issue's bound on eps; measured about 5e-6 on CPU fp32 (e
 SEEN = 1e-3  # without PACA (or without PASD) the eps must differ by far more than the tolerance
 
 
-def run_comfy_side(*folders: Path) -> dict:
+def run_comfy_side(*folders: Path, dynamic_host: bool = False) -> dict:
     require(COMFYUI_DIR, "a ComfyUI (COMFYUI_DIR is not set)", SETUP)
     require(COMFYUI_PYTHON and os.access(COMFYUI_PYTHON, os.X_OK), "ComfyUI's Python (COMFYUI_PYTHON)", SETUP)
+    env = {**os.environ, "PASD_DYNAMIC_HOST": "1" if dynamic_host else "0"}
     done = subprocess.run([COMFYUI_PYTHON, str(ROOT / "tests" / "native_parity_comfy.py"), COMFYUI_DIR,
-                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+                           *map(str, folders)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PARITY ")]
     assert done.returncode == 0 and lines, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return json.loads(lines[-1].removeprefix("PARITY "))
@@ -61,6 +62,18 @@ def test_patched_model_call_matches_engine(variant: str) -> None:
         mine, theirs = ("SDXL", "SD1.5") if variant == "pasd_sdxl" else ("SD1.5", "SDXL")
         message = refusals["other_family"]
         assert f"pasd_adapter is an {theirs}" in message and f"model is {mine}" in message, message
+
+
+@pytest.mark.e2e
+def test_on_a_dynamic_host_the_adapter_takes_the_dynamic_path() -> None:
+    """ComfyUI 0.38 under Dynamic VRAM (shaped in 0.3.64: its patchers answer is_dynamic() True): PACA and the
+    ControlNet are held by the dynamic patcher, their weights assigned as read (memory-mapped), PACA's patcher can be
+    rebuilt from cached_patcher_init (MultiGPU), and the call still equals the engine's."""
+    figures = run_comfy_side(PASD, dynamic_host=True)
+    assert figures["patchers_dynamic"] == [True, True], figures
+    assert figures["assigned"] == {"PixelAttention": True, "ControlNet": True}, figures
+    assert figures["rebuilt_same"] and not figures["rebuilt_dynamic"] and figures["control_reinit"], figures
+    assert figures["max_abs_diff"] < TOLERANCE, figures
 
 
 def test_rrdb_checkpoint_is_refused_with_its_reason(tmp_path: Path) -> None:

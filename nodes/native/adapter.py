@@ -7,8 +7,10 @@ the SD UNet stays frozen. So the adapter is exactly those two parts, built from 
   runs it, applies `conditioning_scale` as its strength, adds its residuals to the skips, and loads/offloads it
   with the model like any ControlNet;
 - PACA is ComfyUI's `SpatialTransformer` (pasd) or `LayerNorm` + `CrossAttention` (pasd_light), built with
-  `comfy.ops.manual_cast` and held in one module with its own ModelPatcher, registered on the patched MODEL as
-  an additional model: model_management loads, casts and offloads it with the UNet (low VRAM included).
+  `comfy.ops.manual_cast` and held in one module by a host patcher (CoreModelPatcher where the host has it, so the
+  dynamic one under 0.38's Dynamic VRAM), its weights read with ComfyUI's own loader and assigned when the patcher
+  is dynamic, as core's model-patch loaders do; registered on the patched MODEL as an additional model and named
+  by the patch objects' `models()`: model_management loads, casts and offloads it with the UNet.
 How PACA reaches the UNet is in patch.py. This module imports ComfyUI: nodes.py imports it only inside ComfyUI.
 """
 
@@ -28,9 +30,10 @@ from torch import nn
 from ...pasd_core.errors import ModelError
 from ...pasd_core.model_family import LABELS
 from ...pasd_core.models.layout import PASDLayout
-from ...pasd_core.weights.pasd_folder import checkpoint_family, component_weights, detect_variant
-from ...pasd_core.weights.reader import read_config, read_weights
-from .control import build_control
+from ...pasd_core.weights.pasd_folder import checkpoint_family, detect_variant
+from ...pasd_core.weights.reader import read_config
+from .. import host
+from .control import build_control, read_part
 from .ldm import groups_ops, norm_groups
 
 
@@ -49,6 +52,17 @@ class PASDAdapter:
     @property
     def label(self) -> str:
         return f"{LABELS[self.family]} {self.variant} adapter ({self.source})"
+
+    def get_models(self) -> list[Any]:
+        """Its two host models (PACA, ControlNet), as core's patch and ControlNet objects give theirs."""
+        return [self.patcher, self.control.control_model_wrapped]
+
+    def is_dynamic(self) -> bool:
+        return all(host.is_dynamic(model) for model in self.get_models())
+
+    def _comfy_cache_tensors(self) -> list[Any]:
+        """What ComfyUI 0.38's RAM cache weighs this output by (comfy_execution/caching.py)."""
+        return [*self.pixel_attention.state_dict().values(), *self.control.control_model.state_dict().values()]
 
 
 class LightPixelBlock(nn.Module):
@@ -125,30 +139,45 @@ def paca_state(unet_state: dict[str, Any], layout: PASDLayout) -> dict[str, Any]
     return state
 
 
-def load_strictly(module: nn.Module, state: dict[str, Any], source: Path) -> None:
-    result = module.load_state_dict(state, strict=False)
+def load_strictly(module: nn.Module, state: dict[str, Any], source: Path, assign: bool = False) -> None:
+    result = module.load_state_dict(state, strict=False, assign=assign)
     if result.missing_keys or result.unexpected_keys:
         raise ModelError(f"{source} does not fit its config.json: {len(result.missing_keys)} missing weights (e.g. "
                          f"{result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
                          f"(e.g. {result.unexpected_keys[:3]}).")
 
 
-def load_adapter(folder: str | Path) -> PASDAdapter:
-    """The adapter of a PASD checkpoint folder (unet/ + controlnet/) that nodes.check_adapter_checkpoint accepted, on
-    ComfyUI's offload device."""
-    folder = Path(folder)
-    family = checkpoint_family(folder)  # checks the folder, with the engine's messages
-    control_state = read_weights(component_weights(folder / "controlnet"))
-    unet_state = read_weights(component_weights(folder / "unet"))
-    variant = detect_variant(set(unet_state), folder / "unet")
-    layout = PASDLayout(read_config(folder / "unet" / "config.json"))
-    # stored as ComfyUI would store a UNet on this machine; manual_cast casts to the sampling dtype as it runs
-    dtype = comfy.model_management.unet_dtype(model_params=-1, weight_dtype=next(iter(unet_state.values())).dtype)
+def pixel_attention_patcher(folder: str, disable_dynamic: bool = False, unet_state: dict[str, Any] | None = None,
+                            layout: PASDLayout | None = None) -> Any:
+    """PACA of a PASD checkpoint folder held by a host patcher, as core's model-patch loaders hold theirs: the patcher
+    first, then the weights, assigned (left memory-mapped) when the patcher is dynamic. Also the patcher's
+    `cached_patcher_init` factory, which ComfyUI 0.38 calls to rebuild it (MultiGPU, non-dynamic copies)."""
+    folder_path = Path(folder)
+    unet_state = unet_state if unet_state is not None else read_part(folder_path / "unet")
+    layout = layout or PASDLayout(read_config(folder_path / "unet" / "config.json"))
+    variant = detect_variant(set(unet_state), folder_path / "unet")
     pixel_attention = PixelAttention(layout, variant, groups_ops(comfy.ops.manual_cast, norm_groups(layout)))
-    load_strictly(pixel_attention, paca_state(unet_state, layout), folder / "unet")
-    offload_device = comfy.model_management.unet_offload_device()
-    pixel_attention = pixel_attention.to(offload_device, dtype).eval().requires_grad_(False)
-    patcher = comfy.model_patcher.ModelPatcher(pixel_attention, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=offload_device)
-    control = build_control(read_config(folder / "controlnet" / "config.json"), control_state, folder / "controlnet")
-    return PASDAdapter(family, variant, layout, control, pixel_attention, patcher, "/".join(folder.parts[-2:]))
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else host.patcher_class()
+    patcher = patcher_class(pixel_attention, load_device=comfy.model_management.get_torch_device(),
+                            offload_device=comfy.model_management.unet_offload_device())
+    dynamic = host.is_dynamic(patcher)
+    load_strictly(pixel_attention, paca_state(unet_state, layout), folder_path / "unet", assign=dynamic)
+    if not dynamic:  # stored as ComfyUI would store a UNet here; manual_cast casts to the sampling dtype as it runs
+        weight_dtype = next(iter(unet_state.values())).dtype
+        pixel_attention.to(dtype=comfy.model_management.unet_dtype(model_params=-1, weight_dtype=weight_dtype))
+    pixel_attention.eval().requires_grad_(False)
+    patcher.cached_patcher_init = (pixel_attention_patcher, (str(folder),))
+    return patcher
+
+
+def load_adapter(folder: str | Path) -> PASDAdapter:
+    """The adapter of a PASD checkpoint folder (unet/ + controlnet/) that nodes.check_adapter_checkpoint accepted,
+    its two parts held by host patchers."""
+    folder = Path(folder)
+    family = checkpoint_family(folder)
+    layout = PASDLayout(read_config(folder / "unet" / "config.json"))
+    patcher = pixel_attention_patcher(str(folder), unet_state=read_part(folder / "unet"), layout=layout)
+    control = build_control(read_config(folder / "controlnet" / "config.json"), read_part(folder / "controlnet"),
+                            folder / "controlnet")
+    return PASDAdapter(family, patcher.model.variant, layout, control, patcher.model, patcher,
+                       "/".join(folder.parts[-2:]))

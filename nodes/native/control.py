@@ -25,6 +25,9 @@ from nodes import ControlNetApplyAdvanced  # ComfyUI's own nodes.py
 
 from ...pasd_core.errors import ModelError
 from ...pasd_core.models.layout import PASDLayout
+from ...pasd_core.weights.pasd_folder import component_weights
+from ...pasd_core.weights.reader import read_config
+from .. import host
 from .ldm import groups_ops, ldm_unet_config, norm_groups
 
 RESIDUALS = "pasd_pixel_residuals"  # transformer_options key: this call's PixelResiduals
@@ -112,6 +115,12 @@ def _ldm_keys(ldm_config: dict[str, Any], state: dict[str, torch.Tensor], hint_c
     return keys
 
 
+def read_part(folder: Path) -> dict[str, Any]:
+    """One part's weights read as ComfyUI reads a model file (comfy.utils.load_torch_file: safetensors memory-mapped,
+    a pickle only with weights_only)."""
+    return comfy.utils.load_torch_file(str(component_weights(folder)), safe_load=True)
+
+
 def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
     """ComfyUI's ControlNet (cldm) for a PASD controlnet/ folder's config and weights, ready for the control path."""
     layout = PASDLayout(config)
@@ -127,17 +136,29 @@ def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source
     hint_channels = list(config["conditioning_embedding_out_channels"])
     model.input_hint_block = _hint_block(layout, hint_channels, ops, dtype, offload_device)
     keys = _ldm_keys(ldm_config, state, 2 * (len(hint_channels) - 1))
+    bgr = config.get("controlnet_conditioning_channel_order") == "bgr"
+    # the wrapper makes the host patcher (core's ControlNet: CoreModelPatcher on 0.38) before the weights go in,
+    # so they are assigned (left memory-mapped) when it is dynamic, as core's loaders do
+    control = PASDControl(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
+                          preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
     # to_rgbs only feed a training loss (DESIGN.md): dropped
     renamed = {keys.get(k, k): v for k, v in state.items() if ".to_rgbs." not in k}
-    result = model.load_state_dict(renamed, strict=False)
+    result = model.load_state_dict(renamed, strict=False, assign=host.is_dynamic(control.control_model_wrapped))
     if result.missing_keys or result.unexpected_keys:
         raise ModelError(f"{source} does not fit its config.json as a ControlNet: {len(result.missing_keys)} missing "
                          f"weights (e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
                          f"(e.g. {result.unexpected_keys[:3]}).")
-    model = model.to(offload_device, dtype).eval().requires_grad_(False)
-    bgr = config.get("controlnet_conditioning_channel_order") == "bgr"
-    return PASDControl(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
-                       preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
+    model.eval().requires_grad_(False)
+    control.control_model_wrapped.cached_patcher_init = (control_patcher, (str(source.parent),))
+    return control
+
+
+def control_patcher(folder: str, disable_dynamic: bool = False) -> Any:
+    """The ControlNet of a PASD checkpoint folder, as the patcher ComfyUI 0.38 rebuilds from `cached_patcher_init`
+    (MultiGPU, non-dynamic copies)."""
+    control_folder = Path(folder) / "controlnet"
+    return build_control(read_config(control_folder / "config.json"), read_part(control_folder),
+                         control_folder).control_model_wrapped
 
 
 def add_control(control: PASDControl, image: torch.Tensor, strength: float, positive: list,

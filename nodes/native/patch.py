@@ -14,7 +14,8 @@ Why these patch points (ComfyUI 0.3.64, comfy/ldm/modules/diffusionmodules/opena
   the state that attn2's output is added to, and `attn2_output_patch` that output: together they add
   attn2_plus(norm2_plus(x + n)) with no copy of ComfyUI's code.
 - The residuals reach both through transformer_options (control.py); PACA's weights are an additional
-  model of the clone (ModelPatcher.set_additional_models), which ComfyUI loads and offloads with the UNet.
+  model of the clone (ModelPatcher.set_additional_models), which ComfyUI loads and offloads with the UNet, and
+  the patch objects name them too (`models()`, which model_patches_models collects, as core's patches do).
 Patch objects return themselves from deepcopy: ModelPatcher.clone deep-copies model_options, and the PACA
 weights they refer to must be shared, not duplicated, between clones.
 """
@@ -69,6 +70,11 @@ class SharedPatch:
 
     def __deepcopy__(self, memo: dict) -> "SharedPatch":
         return self
+
+    def models(self) -> list[Any]:
+        """The PACA weights this patch runs, which ComfyUI loads with the MODEL (ModelPatcher.model_patches_models,
+        as core's model-patch objects name theirs)."""
+        return [self.adapter.patcher]
 
 
 class PixelAttentionPatch(SharedPatch):
