@@ -85,6 +85,9 @@ def base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("comfyui")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-PASD").symlink_to(ROOT, target_is_directory=True)
+    # what ComfyUI's model manager holds and loads, at /pasd_test/models
+    (base / "custom_nodes" / "pasd_test_probe").symlink_to(ROOT / "tests" / "support" / "comfyui_probe",
+                                                          target_is_directory=True)
     models = make_models_dir(base / "models", sdxl=True, color=True)
     (models / "pasd_prompt" / CAPTIONER).symlink_to(TINY_COCA, target_is_directory=True)
     (models / "pasd" / "pasd_light").unlink()  # served from the extra_model_paths.yaml folder instead
@@ -389,6 +392,55 @@ def test_a_missing_captioner_is_refused_once_before_anything_runs(comfyui):
 
 
 # --- the cancel button ----------------------------------------------------------------------------
+
+# --- ComfyUI's model manager holds the PASD models --------------------------------------------------------------
+
+PARTS = ("text encoders", "denoiser", "VAE", "captioner")  # nodes/host_models.py: a run's parts as host models
+
+
+def host_models(comfyui) -> dict[str, list[str]]:
+    """What ComfyUI's model manager has loaded (every ModelPatcher.load) and holds now (current_loaded_models)."""
+    return comfyui.get("/pasd_test/models").json()
+
+
+def pasd_loads(comfyui) -> list[str]:
+    return [name for name in host_models(comfyui)["loads"] if name in PARTS]
+
+
+@pytest.mark.parametrize("template", ["pasd_upscale_x2", "pasd_sdxl_upscale_x2"])
+def test_a_second_run_loads_no_weights_and_a_run_after_an_eviction_reloads_them(comfyui, template):
+    first = comfyui.run(workflow(template, **FAST, seed=5))
+    loads = pasd_loads(comfyui)
+    assert set(PARTS) <= set(host_models(comfyui)["loaded"])  # every part is one of ComfyUI's models, held
+    comfyui.run(workflow(template, **FAST, seed=6))  # the loader's output is cached; PASD Upscale runs again
+    assert pasd_loads(comfyui) == loads  # nothing loaded again: the models stayed where ComfyUI put them
+    # what ComfyUI does when another graph needs the memory: every model back to its offload device (POST /free is
+    # served between prompts, within ComfyUI's idle-loop interval)
+    requests.post(f"{comfyui.url}/free", json={"unload_models": True}, timeout=30).raise_for_status()
+    deadline = time.monotonic() + 60
+    while set(PARTS) & set(host_models(comfyui)["loaded"]):
+        assert time.monotonic() < deadline, host_models(comfyui)
+        time.sleep(0.2)
+    again = comfyui.run(workflow(template, **FAST, seed=5))
+    assert len(pasd_loads(comfyui)) > len(loads)  # loaded again, by ComfyUI, when the next run needed them
+    prompt = workflow(template, **FAST, seed=5)
+    (before,) = comfyui.output_images(first, node_id(prompt, "SaveImage"))
+    (after,) = comfyui.output_images(again, node_id(prompt, "SaveImage"))
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_the_loader_and_pasd_prompt_hold_one_captioner(comfyui):
+    """PASD Prompt beside the starter graph, both on models/pasd_prompt/coca_ViT-L-14: one CoCa in ComfyUI."""
+    prompt = workflow("pasd_upscale_x2", **FAST, seed=11)
+    image = node_id(prompt, "LoadImage")
+    prompt["900"] = {"class_type": "PASDPrompt", "_meta": {"title": "PASD Prompt"},
+                     "inputs": {"image": [image, 0], "prompt": "", "family": "sd15", "high_level_info": "caption",
+                                "added_prompt": "auto", "caption_model": CAPTIONER, "classifier_model": "none"}}
+    prompt["901"] = {"class_type": "PreviewAny", "_meta": {"title": "Preview Any"}, "inputs": {"source": ["900", 0]}}
+    entry = comfyui.run(prompt)
+    assert entry["outputs"]["901"]["text"][0]  # PASD Prompt's prompt, shown
+    assert host_models(comfyui)["loaded"].count("captioner") == 1
+
 
 def test_interrupt_stops_a_long_run_between_steps(comfyui):
     comfyui.run(workflow("pasd_upscale_x2", **FAST))  # warm: the loader's output is cached for the next prompt
