@@ -339,7 +339,9 @@ def test_fal_node_upscales_a_batch_remotely_with_progress_and_logs(fal, comfyui,
     assert [c.json()["steps"] for c in fal.calls("submit")] == [25, 25]
 
 
-def test_fal_node_cancels_the_remote_request_when_interrupted(fal, comfyui):
+@pytest.mark.parametrize("interrupt_base", [Exception, BaseException], ids=["0.3.64", "0.38"])
+def test_fal_node_cancels_the_remote_request_when_interrupted(fal, monkeypatch, models_dir, interrupt_base):
+    comfyui = FakeComfyUI(models_dir, interrupt_base=interrupt_base).install(monkeypatch)
     fal.plan = lambda index, image, body: Job(progress_polls=1000)
     comfyui.interrupt_after = 2
     remote = pack_module("nodes.remote")
