@@ -407,6 +407,16 @@ def pasd_loads(comfyui) -> list[str]:
     return [name for name in host_models(comfyui)["loads"] if name in PARTS]
 
 
+def unload_everything(comfyui) -> None:
+    """What ComfyUI does when another graph needs the memory: every model back to its offload device (POST /free
+    is served between prompts, within ComfyUI's idle-loop interval)."""
+    requests.post(f"{comfyui.url}/free", json={"unload_models": True}, timeout=30).raise_for_status()
+    deadline = time.monotonic() + 60
+    while set(PARTS) & set(host_models(comfyui)["loaded"]):
+        assert time.monotonic() < deadline, host_models(comfyui)
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("template", ["pasd_upscale_x2", "pasd_sdxl_upscale_x2"])
 def test_a_second_run_loads_no_weights_and_a_run_after_an_eviction_reloads_them(comfyui, template):
     first = comfyui.run(workflow(template, **FAST, seed=5))
@@ -414,13 +424,7 @@ def test_a_second_run_loads_no_weights_and_a_run_after_an_eviction_reloads_them(
     assert set(PARTS) <= set(host_models(comfyui)["loaded"])  # every part is one of ComfyUI's models, held
     comfyui.run(workflow(template, **FAST, seed=6))  # the loader's output is cached; PASD Upscale runs again
     assert pasd_loads(comfyui) == loads  # nothing loaded again: the models stayed where ComfyUI put them
-    # what ComfyUI does when another graph needs the memory: every model back to its offload device (POST /free is
-    # served between prompts, within ComfyUI's idle-loop interval)
-    requests.post(f"{comfyui.url}/free", json={"unload_models": True}, timeout=30).raise_for_status()
-    deadline = time.monotonic() + 60
-    while set(PARTS) & set(host_models(comfyui)["loaded"]):
-        assert time.monotonic() < deadline, host_models(comfyui)
-        time.sleep(0.2)
+    unload_everything(comfyui)
     again = comfyui.run(workflow(template, **FAST, seed=5))
     assert len(pasd_loads(comfyui)) > len(loads)  # loaded again, by ComfyUI, when the next run needed them
     prompt = workflow(template, **FAST, seed=5)
@@ -437,8 +441,11 @@ def test_the_loader_and_pasd_prompt_hold_one_captioner(comfyui):
                      "inputs": {"image": [image, 0], "prompt": "", "family": "sd15", "high_level_info": "caption",
                                 "added_prompt": "auto", "caption_model": CAPTIONER, "classifier_model": "none"}}
     prompt["901"] = {"class_type": "PreviewAny", "_meta": {"title": "Preview Any"}, "inputs": {"source": ["900", 0]}}
+    unload_everything(comfyui)  # from an empty model manager: a copy per node would load twice
+    loads = pasd_loads(comfyui).count("captioner")
     entry = comfyui.run(prompt)
     assert entry["outputs"]["901"]["text"][0]  # PASD Prompt's prompt, shown
+    assert pasd_loads(comfyui).count("captioner") == loads + 1  # one CoCa, loaded once for both nodes
     assert host_models(comfyui)["loaded"].count("captioner") == 1
 
 
