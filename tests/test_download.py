@@ -1,10 +1,11 @@
-"""Downloads land in the official layout; without a network the error says what to fetch and where (no real network)."""
+"""Downloads land in the official layout, hold exactly the hub's bytes or nothing, and without a network the error
+says what to fetch and where. The hub is a stub on 127.0.0.1 that huggingface_hub's own client talks to
+(tests/support/hub_stub.py); no real network."""
 
 from __future__ import annotations
 
-import fnmatch
+import hashlib
 import sys
-from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -13,6 +14,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from pasd_core.__main__ import main
 from pasd_core.errors import ModelError
 from pasd_core.weights.download import SDXL_FILES, ensure_base, ensure_fp16_fix_vae, ensure_pasd_checkpoint
+from support.hub_stub import Fault, HubStub
 
 PASD_REPO_FILES = [
     f"{folder}/{part}/{name}"
@@ -22,18 +24,41 @@ PASD_REPO_FILES = [
 ] + ["pasd/checkpoint-100000/scaler.pt", "README.md"]
 
 
-def fake_hub(monkeypatch, repo_files: list[str], calls: list | None = None) -> None:
-    """snapshot_download that 'downloads' the repo files matching allow_patterns, as huggingface_hub does."""
-    def snapshot_download(repo_id, *, allow_patterns, local_dir, **kwargs):
-        if calls is not None:
-            calls.append((repo_id, list(allow_patterns)))
-        for name in repo_files:
-            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(local_dir) / name).write_text("{}")
-        return local_dir
+SD15_REPO_FILES = ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+                   "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt",
+                   "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+PASD_SDXL_REPO_FILES = [f"pasd_sdxl/checkpoint-200000/{name}" for name in (
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "controlnet/config.json",
+    "controlnet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "optimizer.bin")]
+SDXL_REPO_FILES = [*SDXL_FILES, "unet/diffusion_pytorch_model.safetensors", "text_encoder_2/model.fp16.safetensors",
+                   "sd_xl_base_1.0.safetensors", "scheduler/scheduler_config.json"]
+VAE_REPO_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "sdxl_vae.safetensors", "README.md"]
+PROMPT_REPOS = {"laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k": ["open_clip_pytorch_model.bin", "README.md"],
+                "timm/resnet50.tv2_in1k": ["model.safetensors", "pytorch_model.bin", "config.json"]}
+REPOS = {**PROMPT_REPOS, "yangtao9009/PASD": PASD_REPO_FILES, "yangtao9009/PASD-SDXL": PASD_SDXL_REPO_FILES,
+         "stable-diffusion-v1-5/stable-diffusion-v1-5": SD15_REPO_FILES,
+         "stabilityai/stable-diffusion-xl-base-1.0": SDXL_REPO_FILES, "madebyollin/sdxl-vae-fp16-fix": VAE_REPO_FILES}
+
+
+def content(name: str) -> bytes:
+    """A file's stand-in bytes: a config is a small git file, anything else 4 KiB, an LFS file on the hub."""
+    return b"{}" if name.endswith((".json", ".txt", ".md")) else hashlib.sha256(name.encode()).digest() * 128
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The hub on 127.0.0.1 serving REPOS, with huggingface_hub pointed at it."""
+    with HubStub({repo: {name: content(name) for name in files} for repo, files in REPOS.items()}) as stub:
+        stub.point_hub_here(monkeypatch, tmp_path / "hf_home")
+        yield stub
+
+
+def fetched(hub: HubStub) -> list[str]:
+    """The repositories downloaded from, in order (snapshot_download asks for a repository's info first)."""
+    return [call.repo_id for call in hub.calls("info")]
 
 
 def failing_hub(monkeypatch, error: Exception) -> None:
@@ -43,24 +68,20 @@ def failing_hub(monkeypatch, error: Exception) -> None:
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
 
 
-def test_pasd_download_lands_in_the_official_layout(monkeypatch, tmp_path):
-    calls: list = []
-    fake_hub(monkeypatch, PASD_REPO_FILES, calls)
+def test_pasd_download_lands_in_the_official_layout(monkeypatch, tmp_path, hub):
     folder = ensure_pasd_checkpoint("pasd", tmp_path)
     assert folder == tmp_path / "pasd" / "checkpoint-100000"
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (folder / "controlnet" / "config.json").is_file()
     assert not (folder / "scaler.pt").exists()  # training state is not fetched
-    assert calls[0][0] == "yangtao9009/PASD"
+    assert fetched(hub)[0] == "yangtao9009/PASD"
 
 
-def test_variant_with_undocumented_step_finds_its_checkpoint(monkeypatch, tmp_path):
-    fake_hub(monkeypatch, PASD_REPO_FILES)
+def test_variant_with_undocumented_step_finds_its_checkpoint(monkeypatch, tmp_path, hub):
     assert ensure_pasd_checkpoint("pasd_rrdb", tmp_path) == tmp_path / "pasd_rrdb" / "checkpoint-100000"
 
 
-def test_present_checkpoint_needs_no_network(monkeypatch, tmp_path):
-    fake_hub(monkeypatch, PASD_REPO_FILES)
+def test_present_checkpoint_needs_no_network(monkeypatch, tmp_path, hub):
     ensure_pasd_checkpoint("pasd_light", tmp_path)
     failing_hub(monkeypatch, AssertionError("the network was used"))
     assert ensure_pasd_checkpoint("pasd_light", tmp_path) == tmp_path / "pasd_light" / "checkpoint-120000"
@@ -80,10 +101,51 @@ def test_offline_pasd_download_says_what_to_fetch_and_where(monkeypatch, tmp_pat
     assert f"put them in {tmp_path / 'models' / 'pasd' / 'pasd' / 'checkpoint-100000'}/" in message
 
 
-def test_download_without_the_files_is_an_error(monkeypatch, tmp_path):
-    fake_hub(monkeypatch, ["README.md"])
+def test_download_without_the_files_is_an_error(monkeypatch, tmp_path, hub):
+    hub.add_repo("yangtao9009/PASD", {"README.md": b"# no checkpoints here\n"})
     with pytest.raises(ModelError, match=r"without its files.*main/pasd_light_color \(inside its checkpoint-<step>"):
         ensure_pasd_checkpoint("pasd_light_color", tmp_path)
+
+
+UNET = "pasd/checkpoint-100000/unet/diffusion_pytorch_model.safetensors"  # an LFS file on the hub
+UNET_CONFIG = "pasd/checkpoint-100000/unet/config.json"  # a plain git file
+
+
+@pytest.mark.parametrize("damaged", [UNET, UNET_CONFIG])
+def test_a_file_with_the_right_size_and_wrong_bytes_is_deleted_and_named(tmp_path, hub, damaged):
+    """huggingface_hub checks a file's size only: the hub's sha256 (LFS) or git blob sha1 decides here."""
+    hub.misbehave("yangtao9009/PASD", damaged, Fault("corrupt", times=1))
+    with pytest.raises(ModelError) as caught:
+        ensure_pasd_checkpoint("pasd", tmp_path)
+    message = str(caught.value)
+    assert damaged in message and "arrived damaged" in message and "run the same command again" in message
+    assert not (tmp_path / damaged).exists()  # nothing wrong is kept
+    folder = ensure_pasd_checkpoint("pasd", tmp_path)  # the next run fetches it again, right this time
+    assert (tmp_path / damaged).read_bytes() == content(damaged) and folder == tmp_path / "pasd/checkpoint-100000"
+
+
+def test_the_cli_download_of_a_damaged_file_fails_and_keeps_nothing_wrong(tmp_path, hub, capsys):
+    hub.misbehave("yangtao9009/PASD", UNET, Fault("corrupt"))
+    assert main(["download", "--models-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err  # huggingface_hub's progress bar, then the error
+    assert error.splitlines()[-1].startswith("error: ") and UNET in error and "Traceback" not in error
+    assert not (tmp_path / "pasd" / UNET).exists()
+
+
+@pytest.mark.parametrize("fault", [Fault("truncate"), Fault("fail", status=503), Fault("foreign_redirect")],
+                         ids=["truncated", "server error", "redirect to a dead host"])
+def test_a_failed_transfer_is_reported_and_leaves_no_file(tmp_path, hub, fault):
+    hub.misbehave("yangtao9009/PASD", UNET, fault)
+    with pytest.raises(ModelError, match=r"cannot download the PASD 'pasd' checkpoint \(.*\)\. Download unet/config"):
+        ensure_pasd_checkpoint("pasd", tmp_path)
+    assert not (tmp_path / UNET).exists()
+
+
+def test_a_redirect_to_another_host_is_followed_but_its_bytes_are_checked(tmp_path, hub):
+    hub.misbehave("yangtao9009/PASD", UNET, Fault("foreign_redirect", target=hub.foreign_url))
+    ensure_pasd_checkpoint("pasd", tmp_path)  # the other host served the hub's bytes: kept
+    assert (tmp_path / UNET).read_bytes() == content(UNET)
+    assert all("authorization" not in call.headers for call in hub.calls(origin="foreign"))
 
 
 def test_unknown_variant_lists_the_known_ones(tmp_path):
@@ -97,20 +159,13 @@ def test_missing_huggingface_hub_gives_manual_instructions(monkeypatch, tmp_path
         ensure_pasd_checkpoint("pasd", tmp_path)
 
 
-SD15_REPO_FILES = ["model_index.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
-                   "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors", "tokenizer/merges.txt",
-                   "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
-                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
-
-
-def test_sd15_base_download_takes_only_what_pasd_uses(monkeypatch, tmp_path):
-    calls: list = []
-    fake_hub(monkeypatch, SD15_REPO_FILES, calls)
+def test_sd15_base_download_takes_only_what_pasd_uses(monkeypatch, tmp_path, hub):
     folder = ensure_base(tmp_path)
     assert folder == tmp_path / "stable-diffusion-v1-5"
-    assert sorted(p.parent.name for p in folder.rglob("*.*")).count("tokenizer") == 4
+    files = [p for p in folder.rglob("*.*") if ".cache" not in p.parts]  # not huggingface_hub's own bookkeeping
+    assert sorted(p.parent.name for p in files).count("tokenizer") == 4
     assert not (folder / "unet").exists() and not (folder / "text_encoder" / "model.fp16.safetensors").exists()
-    assert calls[0][0] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert fetched(hub)[0] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     failing_hub(monkeypatch, AssertionError("the network was used"))
     assert ensure_base(tmp_path) == folder
 
@@ -128,44 +183,16 @@ def test_offline_sd15_download_says_what_to_fetch_and_where(monkeypatch, tmp_pat
 
 # --- PASD-SDXL: the checkpoint from yangtao9009/PASD-SDXL, the base parts from stabilityai's SDXL 1.0 ------------
 
-PASD_SDXL_REPO_FILES = [f"pasd_sdxl/checkpoint-200000/{name}" for name in (
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "controlnet/config.json",
-    "controlnet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "optimizer.bin")]
-SDXL_REPO_FILES = [*SDXL_FILES, "unet/diffusion_pytorch_model.safetensors", "text_encoder_2/model.fp16.safetensors",
-                   "sd_xl_base_1.0.safetensors", "scheduler/scheduler_config.json"]
-VAE_REPO_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "sdxl_vae.safetensors", "README.md"]
-REPOS = {"yangtao9009/PASD": PASD_REPO_FILES, "yangtao9009/PASD-SDXL": PASD_SDXL_REPO_FILES,
-         "stable-diffusion-v1-5/stable-diffusion-v1-5": SD15_REPO_FILES,
-         "stabilityai/stable-diffusion-xl-base-1.0": SDXL_REPO_FILES, "madebyollin/sdxl-vae-fp16-fix": VAE_REPO_FILES}
-
-
-def fake_hubs(monkeypatch, calls: list) -> None:
-    """snapshot_download over several repositories (REPOS), recording (repo, patterns) of each call."""
-    def snapshot_download(repo_id, *, allow_patterns, local_dir, **kwargs):
-        calls.append((repo_id, list(allow_patterns)))
-        for name in REPOS[repo_id]:
-            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
-                (Path(local_dir) / name).write_text("{}")
-        return local_dir
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-
-
-def test_pasd_sdxl_download_takes_the_checkpoint_with_its_scheduler(monkeypatch, tmp_path):
-    calls: list = []
-    fake_hubs(monkeypatch, calls)
+def test_pasd_sdxl_download_takes_the_checkpoint_with_its_scheduler(monkeypatch, tmp_path, hub):
     folder = ensure_pasd_checkpoint("pasd_sdxl", tmp_path)
     assert folder == tmp_path / "pasd_sdxl" / "checkpoint-200000"
     assert (folder / "scheduler" / "scheduler_config.json").is_file()
     assert (folder / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not (folder / "optimizer.bin").exists()
-    assert [repo for repo, _ in calls] == ["yangtao9009/PASD-SDXL"]
+    assert fetched(hub) == ["yangtao9009/PASD-SDXL"]
 
 
-def test_sdxl_base_download_takes_only_what_pasd_uses(monkeypatch, tmp_path):
-    calls: list = []
-    fake_hubs(monkeypatch, calls)
+def test_sdxl_base_download_takes_only_what_pasd_uses(monkeypatch, tmp_path, hub):
     folder = ensure_base(tmp_path, "sdxl")
     assert folder == tmp_path / "stable-diffusion-xl-base-1.0"
     assert (folder / "model_index.json").is_file()  # how ComfyUI's models/diffusers list shows the folder
@@ -173,11 +200,10 @@ def test_sdxl_base_download_takes_only_what_pasd_uses(monkeypatch, tmp_path):
     assert (folder / "tokenizer_2" / "vocab.json").is_file()
     assert not (folder / "unet").exists() and not (folder / "sd_xl_base_1.0.safetensors").exists()
     assert not (folder / "text_encoder_2" / "model.fp16.safetensors").exists()
-    assert calls[0][0] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert fetched(hub)[0] == "stabilityai/stable-diffusion-xl-base-1.0"
 
 
-def test_present_sdxl_files_need_no_network(monkeypatch, tmp_path):
-    fake_hubs(monkeypatch, [])
+def test_present_sdxl_files_need_no_network(monkeypatch, tmp_path, hub):
     checkpoint = ensure_pasd_checkpoint("pasd_sdxl", tmp_path / "pasd")
     base = ensure_base(tmp_path / "diffusers", "sdxl")
     failing_hub(monkeypatch, AssertionError("the network was used"))
@@ -185,13 +211,11 @@ def test_present_sdxl_files_need_no_network(monkeypatch, tmp_path):
     assert ensure_base(tmp_path / "diffusers", "sdxl") == base
 
 
-def test_a_sdxl_checkpoint_without_its_scheduler_is_fetched_again(monkeypatch, tmp_path):
-    calls: list = []
-    fake_hubs(monkeypatch, calls)
+def test_a_sdxl_checkpoint_without_its_scheduler_is_fetched_again(monkeypatch, tmp_path, hub):
     folder = ensure_pasd_checkpoint("pasd_sdxl", tmp_path)
     (folder / "scheduler" / "scheduler_config.json").unlink()
     assert ensure_pasd_checkpoint("pasd_sdxl", tmp_path) == folder
-    assert len(calls) == 2 and (folder / "scheduler" / "scheduler_config.json").is_file()
+    assert len(fetched(hub)) == 2 and (folder / "scheduler" / "scheduler_config.json").is_file()
 
 
 def test_offline_sdxl_download_says_what_to_fetch_and_where(monkeypatch, tmp_path):
@@ -220,19 +244,15 @@ def test_offline_sdxl_download_says_what_to_fetch_and_where(monkeypatch, tmp_pat
 
 # --- the command line prints the flags that use what it fetched ------------------------------------------------
 
-def test_cli_download_sd15_by_default(monkeypatch, tmp_path, capsys):
-    calls: list = []
-    fake_hubs(monkeypatch, calls)
+def test_cli_download_sd15_by_default(monkeypatch, tmp_path, capsys, hub):
     assert main(["download", "--models-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.split() == [
         "--pasd-model", str(tmp_path / "pasd" / "pasd" / "checkpoint-100000"),
         "--base-model", str(tmp_path / "diffusers" / "stable-diffusion-v1-5")]
-    assert [repo for repo, _ in calls] == ["yangtao9009/PASD", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
+    assert fetched(hub) == ["yangtao9009/PASD", "stable-diffusion-v1-5/stable-diffusion-v1-5"]
 
 
-def test_cli_download_sdxl_prints_its_flags(monkeypatch, tmp_path, capsys):
-    calls: list = []
-    fake_hubs(monkeypatch, calls)
+def test_cli_download_sdxl_prints_its_flags(monkeypatch, tmp_path, capsys, hub):
     models = tmp_path / "Comfy UI" / "models"  # a space: the printed line stays one shell word per path
     assert main(["download", "--family", "sdxl", "--fp16-fix-vae", "--models-dir", str(models)]) == 0
     vae = models / "vae" / "sdxl-vae-fp16-fix"
@@ -240,12 +260,24 @@ def test_cli_download_sdxl_prints_its_flags(monkeypatch, tmp_path, capsys):
         f"--pasd-model '{models / 'pasd' / 'pasd_sdxl' / 'checkpoint-200000'}' "
         f"--base-model '{models / 'diffusers' / 'stable-diffusion-xl-base-1.0'}' --vae '{vae}'")
     assert (vae / "diffusion_pytorch_model.safetensors").is_file() and not (vae / "sdxl_vae.safetensors").exists()
-    assert [repo for repo, _ in calls] == ["yangtao9009/PASD-SDXL", "stabilityai/stable-diffusion-xl-base-1.0",
+    assert fetched(hub) == ["yangtao9009/PASD-SDXL", "stabilityai/stable-diffusion-xl-base-1.0",
                                            "madebyollin/sdxl-vae-fp16-fix"]
 
 
-def test_cli_download_sd15_variant_is_kept(monkeypatch, tmp_path, capsys):
-    fake_hubs(monkeypatch, [])
+def test_cli_download_of_the_prompt_models_adds_what_their_repositories_lack(tmp_path, hub, capsys):
+    """The CoCa repository holds only open_clip's weights and the ResNet-50 one no class names: the download writes
+    open_clip's config and torchvision's categories beside them, and prints the flags that use them."""
+    assert main(["download", "--captioner", "--classifier", "--models-dir", str(tmp_path)]) == 0
+    captioner = tmp_path / "pasd_prompt" / "coca_ViT-L-14"
+    classifier = tmp_path / "pasd_prompt" / "resnet50"
+    assert (captioner / "open_clip_config.json").is_file() and (captioner / "open_clip_pytorch_model.bin").is_file()
+    assert len((classifier / "categories.txt").read_text().splitlines()) == 1000
+    assert not (classifier / "pytorch_model.bin").exists()  # only the safetensors weights are fetched
+    assert capsys.readouterr().out.split()[-4:] == ["--caption-model", str(captioner),
+                                                    "--classifier-model", str(classifier)]
+
+
+def test_cli_download_sd15_variant_is_kept(monkeypatch, tmp_path, capsys, hub):
     assert main(["download", "--variant", "pasd_light", "--models-dir", str(tmp_path)]) == 0
     assert str(tmp_path / "pasd" / "pasd_light" / "checkpoint-120000") in capsys.readouterr().out
 

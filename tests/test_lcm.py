@@ -250,21 +250,17 @@ def test_lcm_lora_is_a_local_flag(tmp_path, capsys):
 # --- download -----------------------------------------------------------------------------------------
 
 def test_cli_download_fetches_the_lcm_lora_into_models_loras(monkeypatch, tmp_path, capsys):
-    calls = []
+    from pasd_core.weights.download import LCM_LORA
+    from support.hub_stub import HubStub
 
-    def snapshot_download(repo_id, *, allow_patterns, local_dir, **kwargs):
-        calls.append(repo_id)
-        for pattern in allow_patterns:
-            (Path(local_dir) / pattern).parent.mkdir(parents=True, exist_ok=True)
-            (Path(local_dir) / pattern).write_text("{}")
-        return local_dir
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d: Path(d) / v)
     monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f: Path(d) / f)
-    assert cli_main(["download", "--lcm-lora", "--models-dir", str(tmp_path)]) == 0
+    with HubStub({LCM_LORA.repo_id: {LCM_LORA.files[0]: b"lora" * 1024}}) as hub:
+        hub.point_hub_here(monkeypatch, tmp_path / "hf_home")
+        assert cli_main(["download", "--lcm-lora", "--models-dir", str(tmp_path)]) == 0
+        assert [call.repo_id for call in hub.calls("info")] == [LCM_LORA.repo_id]
     lora = tmp_path / "loras" / "lcm-lora-sdv1-5" / "pytorch_lora_weights.safetensors"
-    assert lora.is_file() and calls == ["latent-consistency/lcm-lora-sdv1-5"]
+    assert lora.read_bytes() == b"lora" * 1024
     assert capsys.readouterr().out.split()[-2:] == ["--lcm-lora", str(lora)]
 
 

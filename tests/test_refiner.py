@@ -207,31 +207,26 @@ def test_offline_refiner_download_says_what_to_fetch_and_where(monkeypatch, tmp_
 
 
 def test_cli_download_refiner(monkeypatch, tmp_path, capsys):
-    """The PASD-SDXL checkpoint and base already there: the refiner is fetched next to the base and its flag printed;
-    offline, the instructions."""
-    calls: list[str] = []
+    """The PASD-SDXL checkpoint and base fetched, then the refiner next to the base and its flag printed; while the
+    hub does not have it, the instructions."""
+    from pasd_core.weights.download import BASES, PASD_VARIANTS
+    from support.hub_stub import HubStub
 
-    def snapshot_download(repo_id, *, allow_patterns, local_dir, **kwargs):
-        calls.append(repo_id)
-        if repo_id == REFINER.repo_id and offline:
-            raise LocalEntryNotFoundError("offline mode is enabled")
-        for name in allow_patterns:  # literal names here: no checkpoint-* among these repositories' folders
-            (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
-            (Path(local_dir) / name).write_text("{}")
-        return local_dir
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    pasd = PASD_VARIANTS["pasd_sdxl"]
+    repos = {pasd.repo_id: {f"{pasd.folder}/{name}": b"{}" for name in pasd.files},
+             BASES["sdxl"].repo_id: dict.fromkeys(BASES["sdxl"].files, b"{}")}
     argv = ["download", "--family", "sdxl", "--refiner", "--models-dir", str(tmp_path)]
-    offline = True
-    assert cli_main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot download the SDXL 1.0 refiner") and "Traceback" not in err
-    assert "https://huggingface.co/stabilityai/stable-diffusion-xl-refiner-1.0/tree/main" in err
-    offline = False
-    assert cli_main(argv) == 0
-    assert capsys.readouterr().out.split()[-2:] == [
-        "--refiner", str(tmp_path / "diffusers" / "stable-diffusion-xl-refiner-1.0")]
-    assert calls[-1] == REFINER.repo_id
+    with HubStub(repos) as hub:
+        hub.point_hub_here(monkeypatch, tmp_path / "hf_home")
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith("error: cannot download the SDXL 1.0 refiner") and "Traceback" not in err
+        assert "https://huggingface.co/stabilityai/stable-diffusion-xl-refiner-1.0/tree/main" in err
+        hub.add_repo(REFINER.repo_id, dict.fromkeys(REFINER.files, b"{}"))
+        assert cli_main(argv) == 0
+        assert capsys.readouterr().out.split()[-2:] == [
+            "--refiner", str(tmp_path / "diffusers" / "stable-diffusion-xl-refiner-1.0")]
+        assert [call.repo_id for call in hub.calls("info")][-1] == REFINER.repo_id
 
 
 def test_cli_download_refiner_needs_the_sdxl_family(monkeypatch, tmp_path, capsys):

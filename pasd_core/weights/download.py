@@ -118,12 +118,13 @@ def _snapshot(source: HubFiles, local_dir: Path, instructions: str) -> None:
     try:
         snapshot_download(source.repo_id, allow_patterns=source.patterns(), local_dir=str(local_dir))
     except Exception as error:  # offline mode, DNS, HTTP, disk: all end the same way for the user
-        raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {error}). {instructions}") from None
+        detail = " ".join(str(error).split())  # one line: the client's messages run over several
+        raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {detail}). {instructions}") from None
 
 
 def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Path:
-    """The folder holding `source`'s files under `local_dir`, downloaded if absent; `hint` ends the
-    offline message (another way to get there)."""
+    """The folder holding `source`'s files under `local_dir`, downloaded if absent and checked against the hub's
+    checksums; `hint` ends the offline message (another way to get there)."""
     local_dir = Path(local_dir)
     found = _local(source, local_dir)
     if found is not None:
@@ -134,7 +135,28 @@ def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Pat
     if found is None:
         raise ModelError(f"the download of {source.what} finished without its files (the repository layout may "
                          f"have changed). {instructions}")
+    _check(source, local_dir, found, instructions)
     return found
+
+
+def _check(source: HubFiles, local_dir: Path, folder: Path, instructions: str) -> None:
+    """Every downloaded file of `source` has the hub's bytes; the damaged ones are deleted and named."""
+    from .checksums import remove_damaged
+
+    paths = [(folder / name).relative_to(local_dir).as_posix() for name in source.files]
+    try:
+        damaged = remove_damaged(source.repo_id, local_dir, paths)
+    except ModelError:
+        raise
+    except Exception as error:  # the hub's listing could not be read: nothing is vouched for
+        for path in paths:
+            (local_dir / path).unlink(missing_ok=True)
+        raise ModelError(f"cannot check the download of {source.what} against the hub's checksums "
+                         f"({type(error).__name__}: {error}), so it was not kept. {instructions}") from None
+    if damaged:
+        raise ModelError(f"{', '.join(damaged)} of {source.what} arrived damaged (its bytes differ from the hub's "
+                         f"checksum) and {'was' if len(damaged) == 1 else 'were'} deleted: run the same command "
+                         f"again to download {'it' if len(damaged) == 1 else 'them'} again.")
 
 
 # The colour checkpoint samples with its own zero-terminal-SNR scheduler, which the official grayscale branch reads
