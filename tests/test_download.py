@@ -57,15 +57,17 @@ def hub(monkeypatch, tmp_path):
 
 
 def fetched(hub: HubStub) -> list[str]:
-    """The repositories downloaded from, in order (snapshot_download asks for a repository's info first)."""
+    """The repositories downloaded from, in order (each download asks for the repository's current commit first)."""
     return [call.repo_id for call in hub.calls("info")]
 
 
 def failing_hub(monkeypatch, error: Exception) -> None:
-    def snapshot_download(*args, **kwargs):
+    """The hub out of reach: its first answer (the repository's commit) and any download raise `error`."""
+    def unreachable(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
 
 
 def test_pasd_download_lands_in_the_official_layout(monkeypatch, tmp_path, hub):

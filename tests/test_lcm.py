@@ -269,6 +269,7 @@ def test_cli_download_of_the_lcm_lora_offline_says_what_to_fetch_and_where(monke
         raise LocalEntryNotFoundError("offline mode is enabled")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
     monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d: Path(d) / v)
     monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f: Path(d) / f)
     assert cli_main(["download", "--lcm-lora", "--models-dir", str(tmp_path)]) == 1
@@ -280,5 +281,6 @@ def test_cli_download_of_the_lcm_lora_offline_says_what_to_fetch_and_where(monke
 
 def test_cli_download_refuses_the_lcm_lora_for_sdxl(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("the network was used"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda *a, **k: pytest.fail("the network was used"))
     assert cli_main(["download", "--family", "sdxl", "--lcm-lora", "--models-dir", str(tmp_path)]) == 2
     assert "no LCM mode for PASD-SDXL" in capsys.readouterr().err

@@ -197,6 +197,7 @@ def test_offline_refiner_download_says_what_to_fetch_and_where(monkeypatch, tmp_
         raise LocalEntryNotFoundError("offline mode is enabled")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
     with pytest.raises(ModelError) as caught:
         ensure_refiner(tmp_path / "diffusers")
     message = str(caught.value)
@@ -234,5 +235,6 @@ def test_cli_download_refiner_needs_the_sdxl_family(monkeypatch, tmp_path, capsy
         raise AssertionError("the network was used")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
     assert cli_main(["download", "--refiner", "--models-dir", str(tmp_path)]) == 2
     assert "use it with --family sdxl" in capsys.readouterr().err

@@ -34,22 +34,23 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def expected_hashes(repo_id: str, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """{path: (algorithm, hex digest)} as the hub lists them (sha256 for LFS files, git blob sha1 for the rest)."""
+def expected_hashes(repo_id: str, commit: str, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """{path: (algorithm, hex digest)} as the hub lists them at `commit` (sha256 for LFS files, git blob sha1 for the
+    rest)."""
     from huggingface_hub import HfApi
 
     listed = {}
-    for info in HfApi().get_paths_info(repo_id, list(paths)):
+    for info in HfApi().get_paths_info(repo_id, list(paths), revision=commit):
         lfs = getattr(info, "lfs", None)
         listed[info.path] = ("sha256", lfs.sha256) if lfs is not None else ("sha1", info.blob_id)
     return listed
 
 
-def remove_damaged(repo_id: str, local_dir: Path, paths: Iterable[str]) -> list[str]:
+def remove_damaged(repo_id: str, commit: str, local_dir: Path, paths: Iterable[str]) -> list[str]:
     """The files of `paths` (relative to the repository and to `local_dir`) whose bytes differ from the hub's
-    listing, deleted; raises ModelError when the hub does not list one of them."""
+    listing at `commit`, deleted; raises ModelError when the hub does not list one of them."""
     paths = list(paths)
-    listed = expected_hashes(repo_id, paths)
+    listed = expected_hashes(repo_id, commit, paths)
     damaged = []
     for path in paths:
         if path not in listed:

@@ -108,15 +108,18 @@ def _local(source: HubFiles, local_dir: Path) -> Path | None:
     return max(candidates, key=step) if candidates else None
 
 
-def _snapshot(source: HubFiles, local_dir: Path, instructions: str) -> None:
-    """snapshot_download into `local_dir`; any failure becomes a ModelError carrying `instructions`."""
+def _snapshot(source: HubFiles, local_dir: Path, instructions: str) -> str:
+    """snapshot_download into `local_dir` of the repository's current commit, whose id it returns (the checksums
+    are read at the same commit); any failure becomes a ModelError carrying `instructions`."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
     except ImportError:
         raise ModelError(f"cannot download {source.what}: the huggingface_hub package is not installed "
                          f"(pip install huggingface_hub). {instructions}") from None
     try:
-        snapshot_download(source.repo_id, allow_patterns=source.patterns(), local_dir=str(local_dir))
+        commit = HfApi().model_info(source.repo_id).sha
+        snapshot_download(source.repo_id, revision=commit, allow_patterns=source.patterns(), local_dir=str(local_dir))
+        return commit
     except Exception as error:  # offline mode, DNS, HTTP, disk: all end the same way for the user
         detail = " ".join(str(error).split())  # one line: the client's messages run over several
         raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {detail}). {instructions}") from None
@@ -130,22 +133,22 @@ def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Pat
     if found is not None:
         return found
     instructions = source.instructions(local_dir) + hint
-    _snapshot(source, local_dir, instructions)
+    commit = _snapshot(source, local_dir, instructions)
     found = _local(source, local_dir)
     if found is None:
         raise ModelError(f"the download of {source.what} finished without its files (the repository layout may "
                          f"have changed). {instructions}")
-    _check(source, local_dir, found, instructions)
+    _check(source, local_dir, found, commit, instructions)
     return found
 
 
-def _check(source: HubFiles, local_dir: Path, folder: Path, instructions: str) -> None:
+def _check(source: HubFiles, local_dir: Path, folder: Path, commit: str, instructions: str) -> None:
     """Every downloaded file of `source` has the hub's bytes; the damaged ones are deleted and named."""
     from .checksums import remove_damaged
 
     paths = [(folder / name).relative_to(local_dir).as_posix() for name in source.files]
     try:
-        damaged = remove_damaged(source.repo_id, local_dir, paths)
+        damaged = remove_damaged(source.repo_id, commit, local_dir, paths)
     except ModelError:
         raise
     except Exception as error:  # the hub's listing could not be read: nothing is vouched for
