@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ModelError
-from ..model_family import SD15, SDXL
+from ..model_family import SD15, SDXL, require_lcm_family
 from ..placement import VAE
 from ..weights.reader import read_config
 from . import memory
@@ -130,8 +130,6 @@ class SDXLFamily:
         from diffusers import EulerDiscreteScheduler
 
         if lcm:
-            from ..weights.lcm_lora import require_lcm_family
-
             require_lcm_family(self.name, pasd_folder)
 
         path = pasd_folder / "scheduler" / "scheduler_config.json"

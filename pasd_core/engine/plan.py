@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .. import params as table
+from ..model_family import require_lcm_family
 from ..params import GRAYSCALE, REALISR, ParamError
 from ..prompt.stage import PromptSettings
 from .work_limits import check_planned_work, denoising_calls
@@ -21,7 +22,7 @@ from .work_limits import check_planned_work, denoising_calls
 SEED_SPACE = 2**64  # seeds wrap like ComfyUI's 64-bit seed widget: image i uses (seed + i) mod 2**64
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)  # equal plans: the same model kind and the same settings (not any mapping that reads alike)
 class RunPlan(Mapping):
     """Every sampler parameter checked against the table, `auto` values resolved for the model's family, and what
     the loaded model is: its family, the LCM fast mode (an LCM-LoRA merged) and its task. Reads like the settings
@@ -109,8 +110,6 @@ def check_before_loading(pasd_model: str | Path, control_type: str = REALISR, lc
 
         check_refiner(refiner, family)  # SDXL only, and a refiner folder
     if lcm_lora is not None:
-        from ..weights.lcm_lora import require_lcm_family
-
         require_lcm_family(family, lcm_lora)
     check_control_type(pasd_model, control_type)
     return family

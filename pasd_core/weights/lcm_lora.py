@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError, ModelMismatchError
-from ..model_family import LABELS, SD15
+from ..errors import ModelError
+from ..model_family import require_lcm_family
 from .download import LCM_LORA
 from .kohya_lora import UNET_LORA_PREFIX, MergeLora, lora_layers, plan_merges, text_encoder_lookup, unet_lookup
 from .reader import CheckpointFile
@@ -24,15 +24,6 @@ logger = logging.getLogger(__name__)
 
 LCM_LORA_REPO, LCM_LORA_FILE = LCM_LORA.repo_id, LCM_LORA.files[0]
 TEXT_ENCODER_LORA_PREFIX = "lora_te_"  # diffusers fuses a text-encoder part too, where a file has one
-
-
-def require_lcm_family(family: str, path: str | Path) -> None:
-    """Raise ModelMismatchError unless `family` has the official LCM fast mode (PASD-SD1.5 only)."""
-    if family != SD15:
-        raise ModelMismatchError(
-            f"LCM-LoRA {path}: the LCM fast mode exists for PASD-SD1.5 only (the official test_pasd.py "
-            f"--use_lcm_lora); PASD-{LABELS[family]} has none. Remove the LCM-LoRA (lcm_lora none / no --lcm-lora), "
-            f"or load an SD1.5 PASD (pasd, pasd_light) on an SD1.5 base.")
 
 
 def alpha_scale(parts: dict[str, torch.Tensor]) -> float:
