@@ -95,7 +95,7 @@ class PASDModelLoader(DeclaredNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
-                        lcm_lora: str = NONE, vae: str = NONE, control_type: str = "realisr",
+                        lcm_lora: str = NONE, vae: str = NONE, control_type: str = table.REALISR,
                         caption_model: str = NONE, classifier_model: str = NONE) -> bool:
         """Before the run (ComfyUI calls this instead of its own list check for these inputs): a model that is not
         on disk is named with its folder, where to get it and the download command, each once (choices.refuse);

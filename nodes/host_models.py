@@ -6,7 +6,9 @@ How core holds plain torch models (ComfyUI 0.38: comfy_extras/nodes_upscale_mode
 Dynamic VRAM patcher on NVIDIA by default; `ModelPatcher` before), `load_models_gpu` before each use, nothing
 moved back afterwards. A model so held stays loaded between runs and leaves the device only when ComfyUI needs
 the room; its bytes count in ComfyUI's accounting. Plain (non comfy.ops) layers need `force_full_load` on a
-non-dynamic patcher, or a partly loaded model would mix devices; the dynamic patcher loads them whole anyway.
+non-dynamic patcher, or a partly loaded model would mix devices; the dynamic patcher copies them to the device on
+each load (read in 0.38's model_patcher.py), and where it left them behind they are moved as core's upscale node
+moves its own.
 Each part's modules sit in one container module, because the patcher sets `.device` on the model it holds (a
 diffusers model's `device` is a read-only property). A prompt model read from one file is one object with one
 patcher, shared by every loader and PASD Prompt node that uses it.
@@ -67,8 +69,12 @@ class HostPlacement:
         import comfy.model_management
 
         patcher = self.patchers[part]
-        comfy.model_management.load_models_gpu([patcher], memory_required=memory_required,
-                                               force_full_load=not host.is_dynamic(patcher))
+        dynamic = host.is_dynamic(patcher)
+        comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=not dynamic)
+        first = next(patcher.model.parameters(), None)
+        if dynamic and first is not None and first.device != self.device:
+            # as core's ImageUpscaleWithModel (0.38) does for plain torch layers a dynamic load left where they were
+            patcher.model.to(self.device)
 
     def done(self, part: str) -> None:
         pass  # left loaded: ComfyUI evicts it when another model needs the room
@@ -96,7 +102,7 @@ class HostedPASDPipeline(PASDPipeline):
         return bool(models) and all(host.is_dynamic(patcher) for patcher in models)
 
     def _comfy_cache_tensors(self) -> list[torch.Tensor]:
-        return self.weight_tensors()
+        return self.weight_tensors()  # not the prompt models: they may be shared, and evicting this frees none
 
 
 def shared_prompt_model(load: Callable[[str | Path], Any], folder: str | Path) -> Any:
@@ -116,7 +122,7 @@ def _files(folder: str | Path) -> tuple:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
         return ()
-    return tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file())
+    return tuple((e.name, stat.st_size, stat.st_mtime_ns) for e in entries if e.is_file() for stat in [e.stat()])
 
 
 def shared_prompt_stage(caption_model: str | None, classifier_model: str | None) -> PromptStage:

@@ -30,7 +30,7 @@ class PASDPrompt(DeclaredNode):
     SEARCH_ALIASES = (*DeclaredNode.SEARCH_ALIASES, "caption", "coca", "prompt", "interrogate")
 
     def __init__(self) -> None:
-        self._loaded: tuple[tuple[str | None, str | None], Any] | None = None  # (folders, PromptStage) of the last run
+        self._held: Any = None  # the last run's prompt stage: its models stay loaded between runs
 
     @classmethod
     def inputs(cls) -> list[Input]:
@@ -74,18 +74,16 @@ class PASDPrompt(DeclaredNode):
         return prompts[0].prompt, "\n".join(p.description for p in prompts)
 
     def _stage(self, high_level_info: str, caption_model: str, classifier_model: str) -> Any:
-        """The prompt stage with the one model `high_level_info` needs (shared with every node that loads the same
-        folder), placed where this node runs; kept on the node between runs."""
+        """The prompt stage with the one model `high_level_info` needs (loaded once per file and shared with every
+        node that uses it), placed where this node runs; held by the node between runs."""
         kind = KINDS.get(high_level_info)
         chosen = {CAPTIONER: caption_model, CLASSIFIER: classifier_model}
         folders = tuple(choices.prompt_model_path(chosen[each], each.node_input)
                         if each is kind and chosen[each] != NONE else None for each in (CAPTIONER, CLASSIFIER))
-        if self._loaded is None or self._loaded[0] != folders:
-            import torch
+        import torch
 
-            from .host_models import placement, shared_prompt_stage
+        from .host_models import placement, shared_prompt_stage
 
-            stage = shared_prompt_stage(*folders)
-            stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
-            self._loaded = (folders, stage)
-        return self._loaded[1]
+        self._held = stage = shared_prompt_stage(*folders)
+        stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
+        return stage

@@ -2,7 +2,7 @@
 
 A PASD pipeline's parts are its text encoders, its denoiser (UNet with PACA, and the ControlNet), its VAE and the
 optional refiner; the prompt stage's are its captioner and classifier. Before a pass the engine calls
-`placement.load(part)`, and after it `placement.done(part)`.
+`placement.load(part)`; after a prompt model's pass, `placement.done(part)`.
 
 Outside ComfyUI the engine places its parts itself (LocalPlacement): the pipeline's on the run's device from the
 start, as the official scripts; a prompt model visits the device for its pass and goes back, so it never holds

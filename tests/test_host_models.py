@@ -80,7 +80,7 @@ def test_the_loader_and_pasd_prompt_share_one_captioner_and_its_patcher(monkeypa
     node = prompt_nodes.PASDPrompt()
     prompt, captions = node.build(batch(3), "sd15", "coca_tiny", "none", prompt="", high_level_info="caption",
                                   added_prompt="auto")
-    stage = node._loaded[1]
+    stage = node._held
     assert stage.captioner is pipeline.prompt_stage.captioner  # one CoCa in memory for both nodes
     assert stage.placement.patchers[placement.CAPTIONER] is pipeline.models.placement.patchers[placement.CAPTIONER]
     assert len(captions.splitlines()) == 3

@@ -493,9 +493,9 @@ def test_prompt_node_builds_the_text_the_official_script_encoded(monkeypatch, tm
     assert prompt == recorded["official_prompt"]
     clean_caption = pack_module("pasd_core.prompt.stage").clean_caption
     assert caption == clean_caption(recorded["caption"], recorded["family"])  # cleaned as the official script does
-    loaded = node._loaded[1].captioner
+    loaded = node._held.captioner
     node.build(image, **values)
-    assert node._loaded[1].captioner is loaded  # loaded once per folder, kept on the node
+    assert node._held.captioner is loaded  # loaded once per file and shared, held by the node
     assert next(iter(loaded.model.parameters())).device.type == "cpu"
 
 

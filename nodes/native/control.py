@@ -16,12 +16,14 @@ from typing import Any
 import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.model_management
+import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 import torch
 from comfy.ldm.modules.diffusionmodules import openaimodel
 
-from nodes import ControlNetApplyAdvanced  # ComfyUI's own nodes.py
+# ComfyUI's own nodes.py (this pack's nodes/ is imported as a subpackage of the custom node, never as `nodes`)
+from nodes import ControlNetApplyAdvanced
 
 from ...pasd_core.errors import ModelError
 from ...pasd_core.models.layout import PASDLayout
@@ -121,7 +123,8 @@ def read_part(folder: Path) -> dict[str, Any]:
     return comfy.utils.load_torch_file(str(component_weights(folder)), safe_load=True)
 
 
-def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Any:
+def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path,
+                  disable_dynamic: bool = False) -> Any:
     """ComfyUI's ControlNet (cldm) for a PASD controlnet/ folder's config and weights, ready for the control path."""
     layout = PASDLayout(config)
     ldm_config = ldm_unet_config(layout)
@@ -141,6 +144,9 @@ def build_control(config: dict[str, Any], state: dict[str, torch.Tensor], source
     # so they are assigned (left memory-mapped) when it is dynamic, as core's loaders do
     control = PASDControl(model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
                           preprocess_image=(lambda hint: torch.flip(hint, dims=[1])) if bgr else (lambda hint: hint))
+    if disable_dynamic:  # the non-dynamic copy ComfyUI 0.38 asks cached_patcher_init for
+        control.control_model_wrapped = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
+                                                                         offload_device=offload_device)
     # to_rgbs only feed a training loss (DESIGN.md): dropped
     renamed = {keys.get(k, k): v for k, v in state.items() if ".to_rgbs." not in k}
     result = model.load_state_dict(renamed, strict=False, assign=host.is_dynamic(control.control_model_wrapped))
@@ -157,8 +163,8 @@ def control_patcher(folder: str, disable_dynamic: bool = False) -> Any:
     """The ControlNet of a PASD checkpoint folder, as the patcher ComfyUI 0.38 rebuilds from `cached_patcher_init`
     (MultiGPU, non-dynamic copies)."""
     control_folder = Path(folder) / "controlnet"
-    return build_control(read_config(control_folder / "config.json"), read_part(control_folder),
-                         control_folder).control_model_wrapped
+    return build_control(read_config(control_folder / "config.json"), read_part(control_folder), control_folder,
+                         disable_dynamic).control_model_wrapped
 
 
 def add_control(control: PASDControl, image: torch.Tensor, strength: float, positive: list,

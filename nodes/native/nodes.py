@@ -1,7 +1,7 @@
 """Native nodes: PASD as an adapter on the user's own MODEL, CONDITIONING and VAE (any sampler downstream).
 
 This is the native path's entry, importable anywhere; the modules that do the work (adapter, control, patch, ldm)
-import ComfyUI plainly, so they are imported only after `comfyui_side` has found it.
+import ComfyUI plainly, so they are imported only after the one guard, host.require_comfyui, has found it.
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ def check_adapter_checkpoint(folder: str | Path) -> str:
     return family
 
 
-def require_comfyui(node: str) -> None:
-    """The one guard of the native path, before its ComfyUI-side modules are imported: outside ComfyUI, an error
-    that names what to use instead."""
-    host.require_comfyui(node)
-
-
 class PASDAdapterLoader(DeclaredNode):
     """Load the ControlNet and pixel-aware attention of a PASD checkpoint (pasd, pasd_light or pasd_sdxl) as an
     adapter for your own SD1.5 or SDXL model: super-resolution, restoration and stylization with any checkpoint,
@@ -69,7 +63,7 @@ class PASDAdapterLoader(DeclaredNode):
     def load(self, pasd_model: str) -> tuple[Any]:
         folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")
         check_adapter_checkpoint(folder)
-        require_comfyui("PASD Adapter Loader")
+        host.require_comfyui("PASD Adapter Loader")
         from .adapter import load_adapter
 
         return (load_adapter(folder),)
@@ -131,7 +125,7 @@ class PASDApply(DeclaredNode):
         # the engine's cap on the control image; steps and tiles are KSampler's business here: one untiled call
         check_planned_work(image.shape[2], image.shape[1], {**settings, "steps": 1, "latent_tile_size": UNTILED,
                                                             "latent_tile_overlap": 0})  # before any model or pixel work
-        require_comfyui("PASD Apply")
+        host.require_comfyui("PASD Apply")
         from .control import add_control
         from .patch import check_model, patch_model
 

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ModelError
 from ..model_family import SD15, SDXL, require_lcm_family
+from ..params import GRAYSCALE, REALISR
 from ..placement import VAE
 from ..weights.reader import read_config
 from . import memory
@@ -63,13 +64,13 @@ class SD15Family:
         return dtype  # SD1.5's VAE runs in fp16 as the official script runs it
 
     def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False,
-                       control_type: str = "realisr") -> Any:
+                       control_type: str = REALISR) -> Any:
         """UniPC from the SD1.5 base's scheduler config, as test_pasd.py builds it, or for colorization
         (`control_type` grayscale) from the colour checkpoint's own scheduler/ beside its checkpoint folder, every
         key as written there; with an LCM-LoRA (`lcm`), LCMScheduler from that same config, as --use_lcm_lora does."""
         from ..weights.pasd_folder import colorize_scheduler_config
 
-        config = colorize_scheduler_config(pasd_folder) if control_type == "grayscale" else base.scheduler_config
+        config = colorize_scheduler_config(pasd_folder) if control_type == GRAYSCALE else base.scheduler_config
         if lcm:
             from diffusers import LCMScheduler
 
@@ -94,7 +95,7 @@ class SD15Family:
         from diffusers.utils.torch_utils import randn_tensor
 
         scheduler, vae = m.scheduler, m.vae
-        m.placement.load(VAE, memory.vae_peak_bytes(m.vae_tiles[0], vae.dtype))
+        m.placement.load(VAE, memory.vae_peak_bytes(m.vae_tiles[0], vae.dtype, control.shape[-2] * control.shape[-1]))
         posterior = vae.encode((control * 2.0 - 1.0).to(vae.dtype)).latent_dist
         latents = (posterior.sample(generator) * vae.config.scaling_factor).to(m.dtype)
         n1 = randn_tensor(latents.shape, generator=generator, device=m.device, dtype=m.dtype)
@@ -124,7 +125,7 @@ class SDXLFamily:
         return torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
 
     def make_scheduler(self, base: BaseModel, pasd_folder: Path, lcm: bool = False,
-                       control_type: str = "realisr") -> Any:
+                       control_type: str = REALISR) -> Any:
         """Euler from the PASD-SDXL checkpoint's own scheduler/ folder, which test_pasd_sdxl.py uses instead of the
         base's. The official code has no LCM mode for SDXL: `lcm` is refused."""
         from diffusers import EulerDiscreteScheduler

@@ -30,9 +30,10 @@ def vae_tiles_for(device: torch.device, dtype: torch.dtype, official: tuple[int,
     return min(official[0], decode), decode
 
 
-def vae_peak_bytes(tile: int, dtype: torch.dtype) -> int:
-    """The VAE decoder's peak on a tile of `tile`² pixels."""
-    return tile * tile * _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
+def vae_peak_bytes(tile: int, dtype: torch.dtype, pixels: int | None = None) -> int:
+    """The VAE decoder's peak on a tile of `tile`² pixels, or on an image of `pixels` when that is smaller."""
+    covered = tile * tile if pixels is None else min(tile * tile, pixels)
+    return covered * _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
 
 
 def halve_tiles(settings: Mapping[str, Any], vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:

@@ -1,6 +1,7 @@
 """The public entry point: load PASD once, upscale many images.
 
-    pipe = PASDPipeline.from_pretrained("models/diffusers/stable-diffusion-v1-5", "models/pasd/pasd/checkpoint-100000")
+    pipe = PASDPipeline.from_pretrained("models/diffusers/stable-diffusion-v1-5", "models/pasd/pasd/checkpoint-100000",
+                                        caption_model="models/pasd_prompt/coca_ViT-L-14")
     result = pipe.upscale(Image.open("photo.png"), {"scale": 2})
 """
 
@@ -87,6 +88,9 @@ class PASDPipeline:
         torch_device = resolve_device(device)
         family = check_before_loading(pasd_model, control_type, lcm_lora, refiner)
         torch_dtype = resolve_dtype(dtype, torch_device, family)
+        if prompt_stage is not None and (caption_model is not None or classifier_model is not None):
+            raise ValueError("give the prompt stage's models as caption_model/classifier_model folders or as a loaded "
+                             "prompt_stage, not both.")
         prompt_stage = prompt_stage or PromptStage.load(caption_model, classifier_model)
         models = load_sampler_models(base_model, pasd_model, torch_dtype, control_type=control_type, vae=vae,
                                      lcm_lora=lcm_lora, base_config=base_config,
@@ -116,7 +120,8 @@ class PASDPipeline:
         return parts
 
     def place(self, placement: PlacementFactory, device: torch.device) -> None:
-        """Cast every part to its dtype where it is, then hand them to `placement` for runs on `device`."""
+        """Cast the PASD parts to the run's dtypes where they are (the prompt models stay fp32, as the official
+        scripts run them), then hand every part to `placement` for runs on `device`."""
         m = self.models
         for module in (*m.text_encoders(), m.unet, m.controlnet, *(self.refiner.modules() if self.refiner else ())):
             torch.nn.Module.to(module, dtype=m.dtype)  # plain nn.Module.to: diffusers' override warns needlessly
@@ -125,8 +130,8 @@ class PASDPipeline:
         m.device = torch.device(device)
 
     def weight_tensors(self) -> list[torch.Tensor]:
-        """Every weight the pipeline holds (its prompt stage's included), once each."""
-        tensors = {id(t): t for modules in self.parts().values() for module in modules
+        """Every PASD weight the pipeline holds, once each (not the prompt models', which it may share)."""
+        tensors = {id(t): t for name, modules in self.parts().items() if name not in VISITING for module in modules
                    for t in itertools.chain(module.parameters(), module.buffers())}
         return list(tensors.values())
 
@@ -137,8 +142,8 @@ class PASDPipeline:
 
     def memory_required(self) -> int:
         """Bytes a run needs on the device: the weights plus the VAE's peak on one tile (the largest activation)."""
-        tiles = memory.vae_tiles_for(torch.device("cpu"), self.models.dtype, self.models.family.vae_tiles)
-        return self.weight_bytes() + memory.vae_peak_bytes(tiles[1], self.models.dtype)
+        tiles = memory.vae_tiles_for(torch.device("cpu"), self.models.vae.dtype, self.models.family.vae_tiles)
+        return self.weight_bytes() + memory.vae_peak_bytes(tiles[1], self.models.vae.dtype)
 
     # -- a run ------------------------------------------------------------------------------------------------------
     def plan(self, settings: Mapping[str, Any] | RunPlan | None = None) -> RunPlan:
@@ -183,8 +188,8 @@ class PASDPipeline:
                       on_step: StepCallback | None = None,
                       should_stop: StopCheck | None = None) -> tuple[list[Image.Image], list[RunPrompt]]:
         """Every image with `plan` (image i with seed + i), and the prompt each was sampled with. The work is checked
-        for every size first, then the prompt stage describes them all, then `before_sampling(prompts)` runs (to show
-        the captions, or to move the weights), then PASD samples them in order."""
+        for every size first, then the prompt stage describes them all in one pass, then `before_sampling(prompts)`
+        runs (to show the captions), then PASD samples them in order."""
         plan = self.plan(plan)
         sources = [self.source_image(image) for image in images]
         for size in dict.fromkeys(source.size for source in sources):
@@ -200,7 +205,8 @@ class PASDPipeline:
     def _sample(self, source: Image.Image, plan: RunPlan, prompt: RunPrompt, on_step: StepCallback | None,
                 should_stop: StopCheck | None) -> Image.Image:
         """One image, retried with smaller tiles when a GPU runs out of memory."""
-        self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.dtype, self.models.family.vae_tiles)
+        # the VAE's own dtype: SDXL's runs in fp32 when the run is fp16 (family.vae_dtype)
+        self.models.vae_tiles = memory.vae_tiles_for(self.device, self.models.vae.dtype, self.models.family.vae_tiles)
         while True:
             try:
                 return self._sampler.run(source, plan, prompt, on_step=on_step, should_stop=should_stop,

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import params as table
 from ..model_family import require_lcm_family
-from ..params import GRAYSCALE, REALISR, ParamError
+from ..params import REALISR, ParamError
 from ..prompt.stage import PromptSettings
 from .work_limits import check_planned_work, denoising_calls
 
@@ -58,10 +58,6 @@ class RunPlan(Mapping):
     @property
     def control_type(self) -> str:
         return self.settings["control_type"]
-
-    @property
-    def grayscale(self) -> bool:
-        return self.control_type == GRAYSCALE
 
     def replaced(self, **changes: Any) -> RunPlan:
         """This plan with some settings changed by the engine itself (the out-of-memory retry's smaller tiles)."""

@@ -145,7 +145,8 @@ class PASDSampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.m.vae
-        self.m.placement.load(VAE, memory.vae_peak_bytes(self.m.vae_tiles[1], vae.dtype))
+        pixels = latents.shape[-2] * latents.shape[-1] * LATENT_FACTOR**2
+        self.m.placement.load(VAE, memory.vae_peak_bytes(self.m.vae_tiles[1], vae.dtype, pixels))
         self._tile_vae(self.m.vae_tiles[1])
         image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
         image = (image / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()

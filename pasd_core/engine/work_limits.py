@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InputImageError
 from ..image_limits import MAX_CONTROL_PIXELS, describe_limit, megapixels
+from ..params import GRAYSCALE
 
 LATENT_FACTOR = 8  # SD's VAE downsamples by 8
 # Each call is one UNet + ControlNet pass (tens of ms on a fast GPU): 20000 is hours of sampling. Past
@@ -47,7 +48,7 @@ def colorize_size(width: int, height: int, process_size: int) -> tuple[int, int]
 
 def control_size(width: int, height: int, settings: Mapping[str, Any]) -> tuple[int, int]:
     """(width, height) of the image the ControlNet sees: sampler.control_image_for's resize rules, sizes only."""
-    if settings.get("control_type") == "grayscale":
+    if settings.get("control_type") == GRAYSCALE:
         return latent_multiple(*colorize_size(width, height, settings["process_size"]))
     scale = settings["scale"]
     return latent_multiple(*enlarged_size(width * scale, height * scale, settings["process_size"]))

@@ -94,7 +94,7 @@ def run_prompt(settings: PromptSettings, description: str = "", score: float | N
 
 class PromptStage:
     """The captioner and the classifier of a loaded model, run where their placement puts them for their pass
-    (engine/placement.py: on the CPU until a pipeline or a node places them)."""
+    (pasd_core/placement.py: on the CPU until a pipeline or a node places them)."""
 
     def __init__(self, captioner: Captioner | None = None, classifier: Classifier | None = None,
                  placement: Placement | None = None) -> None:
