@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from support.paths import CASES, FIXTURES, PASD, ROOT, SD15
+from support.paths import CASES, FIXTURES, PASD, PASD_SDXL, ROOT, SD15
 
 HEAVY = ("torch", "diffusers", "transformers", "safetensors")
 # Libraries a run never uses; importing any of them (e.g. `from diffusers import StableDiffusionPipeline`) costs
@@ -52,6 +52,17 @@ def test_comfyui_start_up_imports_no_engine_library():
             node.INPUT_TYPES()  # what ComfyUI asks for every node when it lists them
     """)
     assert loaded(modules, (*HEAVY, "numpy", "PIL", "requests")) == []
+
+
+def test_an_lcm_lora_on_pasd_sdxl_is_refused_before_torch_loads(tmp_path):
+    modules = imported_after(f"""
+        from pasd_core.__main__ import main
+        code = main(["upscale", {str(FIXTURES / "cases" / CASES[0] / "input.png")!r}, "-o", {str(tmp_path / "o.png")!r},
+                     "--base-model", {str(SD15)!r}, "--pasd-model", {str(PASD_SDXL)!r},
+                     "--lcm-lora", {str(tmp_path / "lcm.safetensors")!r}])
+        assert code == 2, code
+    """)
+    assert loaded(modules, HEAVY) == []
 
 
 def test_cli_help_imports_no_engine_library():
