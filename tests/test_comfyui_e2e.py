@@ -196,7 +196,9 @@ def test_declarations_reach_the_frontend_as_declared(comfyui):
 def test_core_nodes_have_the_widgets_the_workflow_converter_assumes(comfyui):
     for node_type, assumed in CORE_NODES.items():
         info = comfyui.object_info(node_type)
-        assert widget_slots({"input": info["input"]}) == widget_slots(assumed)
+        # the server declares its inputs; a widget only the front end adds (Preview Any's text) is the converter's own
+        served = {"input": info["input"], "frontend_widgets": assumed.get("frontend_widgets", ())}
+        assert widget_slots(served) == widget_slots(assumed)
         assert (info["output"], info["display_name"]) == (assumed["output"], assumed["display_name"])
 
 
@@ -364,17 +366,20 @@ def run_case(comfyui, template: str, case: str) -> tuple[dict, np.ndarray]:
     (png,) = comfyui.output_images(entry, node_id(prompt, "SaveImage"))
     expected = pixels(PROMPT_FIXTURES / "cases" / case / "expected.png")
     assert np.abs(pixels(png).astype(int) - expected.astype(int)).max() <= 1
-    return data, comfyui.log(100_000)[started:]
+    return data, comfyui.log(100_000)[started:], entry
 
 
-def test_the_default_template_captions_as_the_official_script(comfyui):
-    data, log = run_case(comfyui, "pasd_upscale_x2", "P1_sd15_caption")
+def test_the_default_template_captions_as_the_official_script_and_shows_the_caption(comfyui):
+    data, log, entry = run_case(comfyui, "pasd_upscale_x2", "P1_sd15_caption")
     assert data["caption"] and f"PASD: prompt {data['official_prompt']!r}" in log  # the caption, exactly
+    preview = node_id(workflow("pasd_upscale_x2"), "PreviewAny")
+    shown = pack_module("pasd_core.prompt.stage").clean_caption(data["caption"], "sd15")
+    assert entry["outputs"][preview]["text"] == [shown]  # in sight, in the template's Preview Any
 
 
 @pytest.mark.parametrize("case", ["P5_color_caption", "P6_color_none"])
 def test_the_colorize_template_reproduces_the_official_colorization(comfyui, case):
-    data, log = run_case(comfyui, "pasd_colorize", case)
+    data, log, _ = run_case(comfyui, "pasd_colorize", case)
     assert f"PASD: prompt {data['official_prompt']!r}" in log
 
 

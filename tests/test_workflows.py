@@ -42,6 +42,7 @@ SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffu
 SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
 
 WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
+EXACT_TEMPLATES = [name for name in WORKFLOW_NAMES if "(exact engine)" in name]
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
@@ -98,9 +99,10 @@ def assert_consistent_graph(workflow: dict) -> None:
         output = by_id[origin]["outputs"][origin_slot]
         socket = by_id[target]["inputs"][target_slot]
         assert link_id in output["links"] and socket["link"] == link_id
-        assert output["type"] == socket["type"] == link_type
+        # an input of any type ("*", Preview Any's) takes the link's type; every other must match it
+        declared = input_type(known[by_id[target]["type"]]["input"]["required"][socket["name"]])
+        assert output["type"] == link_type and socket["type"] == declared and declared in (link_type, "*")
         assert link_type == known[by_id[origin]["type"]]["output"][origin_slot]
-        assert input_type(known[by_id[target]["type"]]["input"]["required"][socket["name"]]) == link_type
     for node in server_nodes(workflow):  # every required socket is connected
         required = known[node["type"]]["input"]["required"]
         sockets = {n for n, spec in required.items() if input_type(spec) not in ("INT", "FLOAT", "STRING", "COMBO")}
@@ -281,6 +283,18 @@ NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, co
         "--family sd15 --variant pasd_light"),
 }
 NATIVE_NAMES = sorted(NATIVE)
+
+
+@pytest.mark.parametrize("name", EXACT_TEMPLATES)
+def test_every_exact_template_shows_the_caption_in_preview_any(name):
+    """PASD Upscale's caption output (what the prompt stage described) is wired to core's Preview Any; a template
+    that must run whole or not at all previews the stage that needs every one of its models."""
+    workflow = ui_workflows()[name]
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    previews = [n for n in workflow["nodes"] if n["type"] == "PreviewAny"]
+    assert len(previews) == 1, name
+    link = next(link for link in workflow["links"] if link[0] == previews[0]["inputs"][0]["link"])
+    assert nodes[link[1]]["type"] == "PASDUpscale" and link[2] == 1 and link[5] == "STRING"  # its caption output
 
 
 def test_the_native_templates_and_their_api_copies_are_shipped():

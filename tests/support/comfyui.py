@@ -60,6 +60,10 @@ CORE_NODES: dict[str, dict[str, Any]] = {
         "output": ["LATENT"], "display_name": "KSampler"},
     "VAEDecode": {"input": {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, "output": ["IMAGE"],
                   "display_name": "VAE Decode"},
+    # the exact templates show PASD Upscale's caption output in it
+    # (its front end adds a "preview" text widget, which it saves and sends with the prompt)
+    "PreviewAny": {"input": {"required": {"source": ("*", {})}}, "output": [], "display_name": "Preview Any",
+                   "frontend_widgets": ("preview",)},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Nodes of the front end alone (isVirtualNode): saved in UI workflows, never sent to the server in a prompt.
@@ -375,7 +379,7 @@ def widget_slots(declaration: dict[str, Any]) -> list[str | None]:
     """Names of the node's widgets in the order the front end stores `widgets_values`.
 
     None marks a value that belongs to no input: the "control after generate" setting after a seed,
-    the upload button after LoadImage's image.
+    the upload button after LoadImage's image. A widget the front end adds on its own (Preview Any's text) comes last.
     """
     slots: list[str | None] = []
     inputs = declaration["input"]
@@ -387,7 +391,7 @@ def widget_slots(declaration: dict[str, Any]) -> list[str | None]:
             slots.append(name)
             if options.get("control_after_generate") or options.get("image_upload"):
                 slots.append(None)
-    return slots
+    return slots + list(declaration.get("frontend_widgets", ()))
 
 
 def ui_to_api(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
