@@ -12,6 +12,7 @@ from . import host, images
 from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, from_param, socket
 from .model_choices import NONE, base_model_choices
+from .model_downloads import download_problem
 
 
 def base_model_path(choice: str) -> str:
@@ -63,14 +64,13 @@ class PASDModelLoader(DeclaredNode):
             combo("pasd_model", choices.pasd_model_choices(),
                   "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: SD1.5 (pasd/checkpoint-100000;"
                   " pasd_light suits stylization) or SDXL (pasd_sdxl/checkpoint-200000, the model fal-ai/pasd runs). "
-                  "Its family is read from the checkpoint. None yet? python -m pasd_core download --family "
-                  "sd15|sdxl --models-dir <ComfyUI>/models (from custom_nodes/ComfyUI-PASD), then press R.",
-                  placeholder=choices.NO_PASD_MODEL),
+                  "Its family is read from the checkpoint. The official ones are listed before they are on disk: "
+                  "with auto_download on, the first run fetches the one picked."),
             combo("base_model", base_model_choices(),
                   "Base of the PASD checkpoint's family (text encoders, VAE): SD1.5 for pasd/pasd_light, SDXL for "
                   "pasd_sdxl; a diffusers folder from models/diffusers (stable-diffusion-v1-5, "
                   "stable-diffusion-xl-base-1.0) or a single file from models/checkpoints. The download command "
-                  "fetches the base with the PASD checkpoint.", placeholder=choices.NO_BASE_MODEL),
+                  "fetches the base with the PASD checkpoint; auto_download fetches the listed diffusers ones."),
             combo("style_model", choices.optional_choices("checkpoints"),
                   "Optional personalized checkpoint of the PASD model's family (e.g. ToonYou for SD1.5) from "
                   "models/checkpoints, for stylization; none keeps plain super-resolution."),
@@ -81,7 +81,7 @@ class PASDModelLoader(DeclaredNode):
             table.BY_NAME["device"],
             table.BY_NAME["dtype"],
             # last of the required inputs, so workflows saved before it keep their widget positions
-            combo("lcm_lora", choices.optional_choices("loras"),
+            combo("lcm_lora", choices.lcm_lora_choices(),
                   "Optional LCM-LoRA from models/loras (latent-consistency/lcm-lora-sdv1-5; PASD-SD1.5 only): the "
                   f"official LCM fast mode. Then set in PASD Upscale: {table.lcm_summary()}."),
             combo("vae", choices.vae_choices(),
@@ -91,33 +91,44 @@ class PASDModelLoader(DeclaredNode):
             # optional and after vae, so workflows saved before them keep their widget positions
             replace(from_param(table.BY_NAME["control_type"]), optional=True),
             *choices.prompt_model_inputs(),
+            choices.auto_download_input(),
         )
 
     @classmethod
     def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
                         lcm_lora: str = NONE, vae: str = NONE, control_type: str = table.REALISR,
-                        caption_model: str = NONE, classifier_model: str = NONE) -> bool:
-        """Before the run (ComfyUI calls this instead of its own list check for these inputs): a model that is not
-        on disk is named with its folder, where to get it and the download command, each once (choices.refuse);
-        colorization on a checkpoint that cannot do it is refused from its configs."""
-        pasd_missing = pasd_model not in choices.pasd_model_choices()
+                        caption_model: str = NONE, classifier_model: str = NONE, auto_download: bool = True) -> bool:
+        """Before the run (ComfyUI calls this instead of its own list check for these inputs): an official model that
+        is not on disk passes when this run can fetch it, else all of them are refused in one short message; any
+        other model that is not on disk is named with its folder, where to get it and the download command, each
+        once (choices.refuse); colorization on a checkpoint that cannot do it is refused from its configs."""
+        chosen = _downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model, classifier_model)
+        fetchable = choices.official_missing(chosen)
+        pasd_absent = pasd_model not in choices.pasd_models_on_disk()
         problems = [
-            choices.missing_pasd_model(pasd_model) if pasd_missing else None,
-            None if base_model in base_model_choices() else choices.missing_base_model(base_model, pasd_missing),
+            None if not pasd_absent or choices.on_disk_or_fetchable("pasd_model", pasd_model, fetchable) else
+            choices.missing_pasd_model(pasd_model),
+            None if choices.on_disk_or_fetchable("base_model", base_model, fetchable) else
+            choices.missing_base_model(base_model, pasd_absent),
             None if style_model in choices.optional_choices("checkpoints") else
             choices.missing_file("style_model", "checkpoints", style_model),
             None if lora in choices.optional_choices("loras") else choices.missing_file("lora", "loras", lora),
-            None if lcm_lora in choices.optional_choices("loras") else
+            None if lcm_lora == NONE or choices.on_disk_or_fetchable("lcm_lora", lcm_lora, fetchable) else
             choices.missing_file("lcm_lora", "loras", lcm_lora),
-            None if vae in choices.vae_choices() else choices.missing_file("vae", "vae", vae),
-            *choices.missing_prompt_models(caption_model, classifier_model),
-            None if pasd_missing else control_type_problem(pasd_model, control_type),
+            None if vae == NONE or choices.on_disk_or_fetchable("vae", vae, fetchable) else
+            choices.missing_file("vae", "vae", vae),
+            *choices.missing_prompt_models(caption_model, classifier_model, fetchable),
+            download_problem(fetchable, auto_download, choices.family_hint(pasd_model)),
+            None if pasd_absent else control_type_problem(pasd_model, control_type),
         ]
         return choices.refuse(problems)
 
     def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE, vae: str = NONE,
-             caption_model: str = NONE, classifier_model: str = NONE, **params: Any) -> tuple[Any]:
+             caption_model: str = NONE, classifier_model: str = NONE, auto_download: bool = True,
+             **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
+        choices.fetch_if_missing(_downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model,
+                                                      classifier_model), auto_download)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
         paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
@@ -135,6 +146,12 @@ class PASDModelLoader(DeclaredNode):
             placement=placement(),
         )
         return (pipeline,)
+
+
+def _downloadable_inputs(pasd_model: str, base_model: str, lcm_lora: str, vae: str, caption_model: str,
+                         classifier_model: str) -> dict[str, str]:
+    return {"pasd_model": pasd_model, "base_model": base_model, "lcm_lora": lcm_lora, "vae": vae,
+            "caption_model": caption_model, "classifier_model": classifier_model}
 
 
 class PASDUpscale(DeclaredNode):

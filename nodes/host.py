@@ -239,6 +239,20 @@ def progress(total: int | None, description: str = "PASD") -> Iterator[Callable[
         yield lambda: bar.update(1)
 
 
+@contextlib.contextmanager
+def progress_to(total: int, description: str = "PASD") -> Iterator[Callable[[int], None]]:
+    """A `show(value)` that sets ComfyUI's progress bar (tqdm outside ComfyUI) to `value` of `total`."""
+    utils = _comfy("comfy.utils")
+    if utils is not None:
+        bar = utils.ProgressBar(total)
+        yield lambda value: bar.update_absolute(value, total)
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=description) as bar:
+        yield lambda value: bar.update(value - bar.n)
+
+
 def interrupted() -> bool:
     """True once the user pressed ComfyUI's cancel button; never outside ComfyUI."""
     model_management = _comfy("comfy.model_management")

@@ -1,63 +1,127 @@
 """The model dropdowns of the PASD nodes, and what to tell a user whose choice is not on disk.
 
-A fresh ComfyUI has no PASD weights. Its own check answers a missing model with "Value not in list"; the
-loader's VALIDATE_INPUTS answers instead with the folder to put the model in (its real path), where to get it,
-and the download command, before anything runs. Only names the lists hold pass, so model_path's confinement of
-names to the models folders stays the only way to a file.
+A fresh ComfyUI has no PASD weights. The lists offer the official models whether on disk or not (the loaders fetch
+those on first use, model_downloads); any other name that is not on disk is answered, before anything runs, with the
+folder to put it in (its real path), where to get it and the download command, instead of ComfyUI's "Value not in
+list". Only names the lists hold pass, so model_path's confinement of names to the models folders stays the only way
+to a file.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 from ..pasd_core.errors import ModelNotFoundError
 from ..pasd_core.prompt.folders import CAPTIONER, CLASSIFIER, PROMPT_FOLDER
 from . import host
 from .inputs import Input, combo
+from .model_downloads import (
+    AUTO_DOWNLOAD,
+    AUTO_DOWNLOAD_TOOLTIP,
+    OfficialModel,
+    download_command,
+    fetch_missing,
+    official_choices,
+)
+from .model_downloads import official_model as official_model
 
 NONE = "none"
 # The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
 PASD_CHECKPOINT_MARKERS = ("unet/config.json", "controlnet/config.json")
 VAE_FOLDER_MARKERS = ("config.json",)  # a diffusers VAE folder (the download's fp16-fix VAE)
-# What an empty dropdown shows instead of `undefined`; queueing it gets the full explanation.
-NO_PASD_MODEL = "(no PASD model in models/pasd: queue for how to get one)"
-NO_BASE_MODEL = "(no SD1.5/SDXL base in models/diffusers or models/checkpoints: queue for how to get one)"
-NO_CAPTIONER = "(no captioner in models/pasd_prompt: queue for how to get one)"
-PACK_DIR = Path(__file__).resolve().parent.parent  # where `python -m pasd_core` runs
 HUB = {"sd15": "https://huggingface.co/yangtao9009/PASD", "sdxl": "https://huggingface.co/yangtao9009/PASD-SDXL"}
 BASE_HUB = {"sd15": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
             "sdxl": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"}
 TOONYOU = "https://civitai.com/models/30240/toonyou"  # the personalized model of the paper's stylization recipe
 
 
-def pasd_model_choices() -> list[str]:
+def pasd_models_on_disk() -> list[str]:
     return host.model_dirs(host.PASD_FOLDER, PASD_CHECKPOINT_MARKERS)
 
 
-def base_model_choices() -> list[str]:
+def bases_on_disk() -> list[str]:
     """SD1.5 and SDXL bases: diffusers folders from models/diffusers, single files from models/checkpoints."""
     folders = [f"diffusers/{name}" for name in host.model_dirs("diffusers", ("model_index.json",))]
     return folders + [f"checkpoints/{name}" for name in host.model_files("checkpoints")]
 
 
-def vae_choices() -> list[str]:
-    """none, then diffusers VAE folders and single VAE files of models/vae (a folder's own weights not twice)."""
+def vaes_on_disk() -> list[str]:
+    """Diffusers VAE folders and single VAE files of models/vae (a folder's own weights not twice)."""
     folders = host.model_dirs("vae", VAE_FOLDER_MARKERS)
-    files = [f for f in host.model_files("vae") if not any(f.startswith(folder + "/") for folder in folders)]
-    return [NONE, *folders, *files]
+    return [*folders, *(f for f in host.model_files("vae") if not any(f.startswith(d + "/") for d in folders))]
+
+
+def captioners_on_disk() -> list[str]:
+    return host.model_dirs(PROMPT_FOLDER, CAPTIONER.markers)
+
+
+def classifiers_on_disk() -> list[str]:
+    return host.model_dirs(PROMPT_FOLDER, CLASSIFIER.markers)
+
+
+ON_DISK = {"pasd_model": pasd_models_on_disk, "base_model": bases_on_disk, "vae": vaes_on_disk,
+           "lcm_lora": lambda: host.model_files("loras"), CAPTIONER.node_input: captioners_on_disk,
+           CLASSIFIER.node_input: classifiers_on_disk}
+
+
+def _offered(input_name: str) -> list[str]:
+    """What is on disk, then the official models that are not (yet)."""
+    present = ON_DISK[input_name]()
+    return [*present, *(name for name in official_choices(input_name) if name not in present)]
+
+
+def pasd_model_choices() -> list[str]:
+    return _offered("pasd_model")
+
+
+def base_model_choices() -> list[str]:
+    return _offered("base_model")
+
+
+def vae_choices() -> list[str]:
+    """none, the VAEs on disk, then the official fp16-fix SDXL VAE."""
+    return [NONE, *_offered("vae")]
+
+
+def lcm_lora_choices() -> list[str]:
+    return [NONE, *_offered("lcm_lora")]
 
 
 def captioner_choices() -> list[str]:
-    """CoCa folders of models/pasd_prompt (open_clip_config.json), then none; the placeholder first when none is
-    on disk, so a new node's default says what is missing (the official scripts caption by default)."""
-    return [*(host.model_dirs(PROMPT_FOLDER, CAPTIONER.markers) or [NO_CAPTIONER]), NONE]
+    """The captioners of models/pasd_prompt (the official one even before it is fetched: the official scripts caption
+    by default, so a new node's default is it), then none."""
+    return [*_offered(CAPTIONER.node_input), NONE]
 
 
 def classifier_choices() -> list[str]:
-    """none, then the ResNet-50 folders of models/pasd_prompt (model.safetensors + categories.txt)."""
-    return [NONE, *host.model_dirs(PROMPT_FOLDER, CLASSIFIER.markers)]
+    return [NONE, *_offered(CLASSIFIER.node_input)]
+
+
+def official_missing(chosen: Mapping[str, str]) -> list[OfficialModel]:
+    """The official models among `chosen` ({input name: choice}) that are not on disk."""
+    missing = []
+    for input_name, choice in chosen.items():
+        model = official_model(input_name, choice)
+        if model is not None and not model.on_disk():
+            missing.append(model)
+    return missing
+
+
+def fetch_if_missing(chosen: Mapping[str, str], auto_download: bool) -> None:
+    """Before a loader resolves its paths: the official models among `chosen` not on disk yet, fetched when the
+    switch is on (when it is off, VALIDATE_INPUTS refused them, and model_path names what is missing)."""
+    fetchable = official_missing(chosen)
+    if fetchable and auto_download:
+        with host.cancellable() as should_stop:
+            fetch_missing(fetchable, should_stop)
+
+
+def on_disk_or_fetchable(input_name: str, choice: str, fetchable: list[OfficialModel]) -> bool:
+    """Whether `choice` can be used: on disk, or an official model this run fetches (a part of one is not enough)."""
+    if any(m.choice == choice for m in fetchable if m.input_name == input_name):
+        return True
+    return choice in ON_DISK[input_name]()
 
 
 def prompt_model_path(choice: str, input_name: str) -> str | None:
@@ -75,17 +139,6 @@ def optional_choices(kind: str) -> list[str]:
 def family_hint(name: str) -> str:
     """sdxl when the model's name says so, else sd15 (the download's default); only for choosing what to suggest."""
     return "sdxl" if "xl" in name.lower() else "sd15"
-
-
-def download_command(family: str, variant: str | None = None, extra: str = "") -> str:
-    named = variant not in (None, "pasd") and family == "sd15"  # pasd is the sd15 default
-    flags = f"--family {family}" + (f" --variant {variant}" if named else "") + (f" {extra}" if extra else "")
-    return (f"cd {_quoted(str(PACK_DIR))} && python -m pasd_core download {flags} "
-            f"--models-dir {_quoted(host.models_root())}")
-
-
-def _quoted(path: str) -> str:
-    return f'"{path}"' if " " in path else path
 
 
 def _where(kind: str) -> str:
@@ -147,12 +200,17 @@ def prompt_model_inputs(optional: bool = True) -> list[Input]:
     ]
 
 
-def missing_prompt_models(caption_model: str, classifier_model: str) -> list[str | None]:
-    """Why each prompt-model choice cannot be used (not on disk, or the no-captioner placeholder), or None."""
-    return [None if caption_model in captioner_choices() and caption_model != NO_CAPTIONER else
-            missing_prompt_model(CAPTIONER.node_input, caption_model),
-            None if classifier_model in classifier_choices() else
-            missing_prompt_model(CLASSIFIER.node_input, classifier_model)]
+def missing_prompt_models(caption_model: str, classifier_model: str,
+                          fetchable: list[OfficialModel] | tuple = ()) -> list[str | None]:
+    """Why each prompt-model choice cannot be used (neither on disk nor fetched on first use), or None."""
+    return [None if choice == NONE or on_disk_or_fetchable(name, choice, list(fetchable)) else
+            missing_prompt_model(name, choice)
+            for name, choice in ((CAPTIONER.node_input, caption_model), (CLASSIFIER.node_input, classifier_model))]
+
+
+def auto_download_input() -> Input:
+    """The loaders' switch; optional and last, so workflows saved before it keep their widget positions."""
+    return Input(AUTO_DOWNLOAD, "BOOLEAN", {"default": True, "tooltip": AUTO_DOWNLOAD_TOOLTIP}, optional=True)
 
 
 class ModelsMissing(ModelNotFoundError):

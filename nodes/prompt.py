@@ -12,6 +12,7 @@ from . import host, images
 from . import model_choices as choices
 from .inputs import DeclaredNode, Input, combo, declare, socket
 from .model_choices import NONE, missing_prompt_models, prompt_model_inputs
+from .model_downloads import download_problem
 
 PROMPT_PARAMS = ("prompt", "high_level_info", "added_prompt")
 
@@ -42,13 +43,20 @@ class PASDPrompt(DeclaredNode):
             table.BY_NAME["high_level_info"],
             table.BY_NAME["added_prompt"],
             *prompt_model_inputs(optional=False),
+            choices.auto_download_input(),
         )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, high_level_info: str, caption_model: str, classifier_model: str) -> bool:  # noqa: N802
-        """Before the run: a missing captioner or classifier named with its folder, link and download command, and
-        a high_level_info whose model is set to none; each once (choices.refuse)."""
-        problems = missing_prompt_models(caption_model, classifier_model)
+    def VALIDATE_INPUTS(cls, high_level_info: str, caption_model: str, classifier_model: str,  # noqa: N802
+                        auto_download: bool = True) -> bool:
+        """Before the run: the official model high_level_info needs passes when it is on disk or this run can fetch
+        it (else the short refusal); any other missing captioner or classifier is named with its folder, link and
+        download command; a high_level_info whose model is set to none is refused; each once (choices.refuse)."""
+        official = choices.official_missing({CAPTIONER.node_input: caption_model,
+                                             CLASSIFIER.node_input: classifier_model})
+        needed = _needed(high_level_info, caption_model, classifier_model)
+        problems = [*missing_prompt_models(caption_model, classifier_model, official),  # official names are valid
+                    download_problem([m for m in official if m.input_name in needed], auto_download, SD15)]
         try:
             table.BY_NAME["high_level_info"].check(high_level_info)  # ComfyUI skips its list check for this input
         except table.ParamError as error:
@@ -61,11 +69,12 @@ class PASDPrompt(DeclaredNode):
                                 "one from the list, or set high_level_info to 'none' to keep your prompt only.")
         return choices.refuse(problems)
 
-    def build(self, image: Any, family: str, caption_model: str, classifier_model: str,
+    def build(self, image: Any, family: str, caption_model: str, classifier_model: str, auto_download: bool = True,
               **params: Any) -> tuple[str, str]:
         if family not in (SD15, SDXL):
             raise table.ParamError(f"family={family!r} is not allowed: use {SD15!r} or {SDXL!r}.")
         text = table.validate(params, [table.BY_NAME[name] for name in PROMPT_PARAMS])
+        choices.fetch_if_missing(_needed(text["high_level_info"], caption_model, classifier_model), auto_download)
         settings = table.for_family({**text, "negative_prompt": table.BY_NAME["negative_prompt"].default}, family)
         request = PromptSettings(settings["high_level_info"], settings["prompt"], settings["added_prompt"],
                                  settings["negative_prompt"], family, table.REALISR)
@@ -87,3 +96,10 @@ class PASDPrompt(DeclaredNode):
         self._held = stage = shared_prompt_stage(*folders)
         stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
         return stage
+
+
+def _needed(high_level_info: str, caption_model: str, classifier_model: str) -> dict[str, str]:
+    """The prompt model `high_level_info` uses, by input name: only it is fetched on first use."""
+    kind = KINDS.get(high_level_info)
+    chosen = {CAPTIONER.node_input: caption_model, CLASSIFIER.node_input: classifier_model}
+    return {} if kind is None else {kind.node_input: chosen[kind.node_input]}

@@ -104,6 +104,7 @@ def _download(args: argparse.Namespace) -> int:
         ensure_pasd_checkpoint,
         ensure_refiner,
     )
+    from .weights.hub_fetch import STAGING_NAME, HubFetcher
 
     if args.family == SDXL and args.variant is not None:
         raise ParamError("--variant picks a PASD-SD1.5 checkpoint; PASD-SDXL has one (pasd_sdxl): drop --variant, "
@@ -119,18 +120,21 @@ def _download(args: argparse.Namespace) -> int:
         raise ParamError("--lcm-lora fetches the SD1.5 LCM-LoRA; the official PASD has no LCM mode for PASD-SDXL: "
                          "use it with --family sd15.")
     models = Path(args.models_dir)
-    pasd = ensure_pasd_checkpoint(args.variant or FAMILY_VARIANTS[args.family], models / "pasd")
-    base = ensure_base(models / "diffusers", args.family)
+    # Files already there are checked against the hub again: asked for by name, the command vouches for them all.
+    fetcher = HubFetcher(staging=models / STAGING_NAME, on_file=lambda line: print(line, file=sys.stderr),
+                         recheck=True)
+    pasd = ensure_pasd_checkpoint(args.variant or FAMILY_VARIANTS[args.family], models / "pasd", fetcher)
+    base = ensure_base(models / "diffusers", args.family, fetcher)
     flags = ["--pasd-model", str(pasd), "--base-model", str(base)]
     if args.fp16_fix_vae:
-        flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae"))]
+        flags += ["--vae", str(ensure_fp16_fix_vae(models / "vae", fetcher))]
     if args.lcm_lora:
-        flags += ["--lcm-lora", str(ensure_lcm_lora(models / "loras"))]
+        flags += ["--lcm-lora", str(ensure_lcm_lora(models / "loras", fetcher))]
     for kind, wanted in ((CAPTIONER, args.captioner), (CLASSIFIER, args.classifier)):
         if wanted:
-            flags += [kind.cli_option, str(kind.ensure(models))]
+            flags += [kind.cli_option, str(kind.ensure(models, fetcher))]
     if args.refiner:
-        flags += ["--refiner", str(ensure_refiner(models / "diffusers"))]
+        flags += ["--refiner", str(ensure_refiner(models / "diffusers", fetcher))]
     print(shlex.join(flags))  # quoted, so the line pastes into a shell even when a path has spaces
     return 0
 

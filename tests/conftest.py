@@ -13,6 +13,13 @@ from support.paths import MODELS, PASD, ROOT
 sys.path.insert(0, str(ROOT))  # pasd_core and nodes, as the tests import them
 
 
+@pytest.fixture(autouse=True)
+def no_real_hub(monkeypatch):
+    """No test reaches the real Hugging Face Hub: offline unless a test points huggingface_hub at the hub stub
+    (HubStub.point_hub_here turns this off)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     """A loaded tiny PASD pipeline per fixture variant (fp32, CPU), built once per test session."""

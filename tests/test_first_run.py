@@ -16,6 +16,7 @@ pack = load_pack()
 local = pack_module("nodes.exact")
 native = pack_module("nodes.native")
 choices = pack_module("nodes.model_choices")
+downloads = pack_module("nodes.model_downloads")
 inputs = pack_module("nodes.inputs")
 
 SD15_X2 = ("pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5", "none", "none")
@@ -46,41 +47,53 @@ def models(tmp_path, monkeypatch) -> Path:
     return models
 
 
-def test_empty_model_lists_show_what_is_missing_instead_of_undefined(empty_models):
+def test_empty_model_lists_never_read_undefined(empty_models):
     declared = local.PASDModelLoader.INPUT_TYPES()
     combos = {**declared["required"], **declared["optional"]}
-    # the front end shows a new node's combo as its first choice: every list has one
+    # the front end shows a new node's combo as its first choice: every list has one (the official models are
+    # listed before they are on disk; tests/test_first_run_download.py fetches them)
     assert all(spec[0] for spec in combos.values() if isinstance(spec[0], list))
-    assert combos["pasd_model"][0] == [choices.NO_PASD_MODEL] and "models/pasd" in choices.NO_PASD_MODEL
-    assert combos["base_model"][0] == [choices.NO_BASE_MODEL]
-    assert combos["style_model"][0] == combos["lora"][0] == combos["vae"][0] == ["none"]
+    assert combos["style_model"][0] == combos["lora"][0] == ["none"]
 
 
-def test_queueing_a_missing_pasd_model_names_its_folder_link_and_download_command(empty_models):
-    message = loader_refusal(*SD15_X2)
+def test_queueing_a_model_that_is_neither_on_disk_nor_official_names_its_folder_link_and_download_command(
+        empty_models):
+    message = loader_refusal("pasd/checkpoint-5", "diffusers/my-sd15", "none", "none")
     assert isinstance(message, str)
     models = os.path.realpath(empty_models)
-    assert f"pasd_model 'pasd/checkpoint-100000' is not in models/pasd ({models}/pasd)" in message
+    assert f"pasd_model 'pasd/checkpoint-5' is not in models/pasd ({models}/pasd)" in message
     assert "https://huggingface.co/yangtao9009/PASD " in message
     assert f"python -m pasd_core download --family sd15 --models-dir {models}" in message
-    assert f"cd {choices.PACK_DIR} &&" in message  # where `python -m pasd_core` runs
-    assert f"base_model 'diffusers/stable-diffusion-v1-5' is not in models/diffusers ({models}/diffusers)" in message
+    assert f"cd {downloads.PACK_DIR} &&" in message  # where `python -m pasd_core` runs
+    assert f"base_model 'diffusers/my-sd15' is not in models/diffusers ({models}/diffusers)" in message
     assert "the download command above fetches it" in message  # said once, not twice
-    # the placeholder itself, queued as is, gets the same answer
-    assert "is not in models/pasd" in loader_refusal(choices.NO_PASD_MODEL,
-                                                                             choices.NO_BASE_MODEL, "none", "none")
+
+
+def test_offline_the_official_models_get_the_short_refusal(empty_models):
+    """HF_HUB_OFFLINE is set for every test (conftest): the official names are refused in one short message."""
+    message = loader_refusal(*SD15_X2)
+    assert message.startswith("2 official model(s) this graph needs are not on disk, and HF_HUB_OFFLINE is set:")
+    assert "python -m pasd_core download --family sd15 --models-dir" in message
 
 
 def test_the_adapter_loader_meets_a_fresh_install_as_the_engine_loader_does(empty_models):
-    """The native templates' PASD Adapter Loader: a placeholder, not `undefined`; the folder, the link and the
-    download command before the run, not "Value not in list"."""
-    assert native.PASDAdapterLoader.INPUT_TYPES()["required"]["pasd_model"][0] == [choices.NO_PASD_MODEL]
-    message = native.PASDAdapterLoader.VALIDATE_INPUTS("pasd_sdxl/checkpoint-200000")
+    """The native templates' PASD Adapter Loader: the official checkpoints listed, the short refusal offline, and
+    the folder, the link and the download command for any other name, not "Value not in list"."""
+    assert native.PASDAdapterLoader.INPUT_TYPES()["required"]["pasd_model"][0][0] == "pasd/checkpoint-100000"
+    message = adapter_refusal("pasd_sdxl/checkpoint-200000")
     models = os.path.realpath(empty_models)
-    assert f"pasd_model 'pasd_sdxl/checkpoint-200000' is not in models/pasd ({models}/pasd)" in message
+    assert f"- pasd_model 'pasd_sdxl/checkpoint-200000': the PASD 'pasd_sdxl' checkpoint, into {models}/pasd" in message
     assert f"python -m pasd_core download --family sdxl --models-dir {models}" in message
+    message = adapter_refusal("pasd_sdxl/checkpoint-7")
+    assert f"pasd_model 'pasd_sdxl/checkpoint-7' is not in models/pasd ({models}/pasd)" in message
     assert "https://huggingface.co/yangtao9009/PASD-SDXL" in message
-    assert native.PASDAdapterLoader.VALIDATE_INPUTS(choices.NO_PASD_MODEL).startswith("pasd_model ")
+
+
+def adapter_refusal(pasd_model: str) -> str | bool:
+    try:
+        return native.PASDAdapterLoader.VALIDATE_INPUTS(pasd_model)
+    except choices.ModelsMissing as refusal:
+        return str(refusal)
 
 
 def test_the_adapter_loader_passes_an_installed_checkpoint(models):
@@ -90,8 +103,8 @@ def test_the_adapter_loader_passes_an_installed_checkpoint(models):
 def test_sdxl_and_light_names_get_their_own_download_command(empty_models):
     sdxl = loader_refusal("pasd_sdxl/checkpoint-200000",
                                                  "diffusers/stable-diffusion-xl-base-1.0", "none", "none")
-    assert "https://huggingface.co/yangtao9009/PASD-SDXL" in sdxl and "download --family sdxl " in sdxl
-    assert "stabilityai/stable-diffusion-xl-base-1.0" in sdxl
+    assert "the PASD 'pasd_sdxl' checkpoint" in sdxl and "download --family sdxl " in sdxl
+    assert "the SDXL 1.0 base" in sdxl
     light = loader_refusal("pasd_light/checkpoint-120000", *SD15_X2[1:])
     assert "download --family sd15 --variant pasd_light " in light
 
@@ -167,27 +180,31 @@ LOADER_PROMPT = {"pasd_model": SD15_X2[0], "base_model": SD15_X2[1], "style_mode
 PROMPT_ONLY = {"style_strength": 1.0, "device": "auto"}  # widgets ComfyUI does not pass to VALIDATE_INPUTS
 
 
-def test_a_missing_captioner_is_named_with_its_folder_link_and_download_command_once(models):
+def test_a_missing_captioner_is_refused_once_with_the_command_that_fetches_it(models):
     shown = comfyui_validation_errors(local.PASDModelLoader, {**LOADER_PROMPT, **PROMPT_ONLY})
     assert len(shown) == 1  # not once per VALIDATE_INPUTS argument (9 here)
     message = shown[0]
-    assert message.count("caption_model 'coca_ViT-L-14' is not in") == 1
-    assert f"models/pasd_prompt ({os.path.realpath(models)}/pasd_prompt)" in message
-    assert "https://huggingface.co/laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k" in message
-    assert f"python -m pasd_core download --family sd15 --captioner --models-dir {os.path.realpath(models)}" in message
+    root = os.path.realpath(models)
+    assert message.count("- caption_model 'coca_ViT-L-14': the CoCa captioner") == 1
+    assert f"into {root}/pasd_prompt" in message
+    assert f"python -m pasd_core download --family sd15 --captioner --models-dir {root}" in message
     assert "pasd_model" not in message  # only what is missing
-    # two missing models: two sentences, each once
+    # two missing models: one line each, one command for both
     both = comfyui_validation_errors(local.PASDModelLoader, {**LOADER_PROMPT, "classifier_model": "resnet50"})
-    assert len(both) == 1 and both[0].count(" is not in ") == 2 and "download --family sd15 --classifier" in both[0]
+    assert len(both) == 1 and both[0].count("\n- ") == 2
+    assert "download --family sd15 --captioner --classifier" in both[0]
+    # a captioner name that is not the official one keeps the long explanation with its link
+    other = comfyui_validation_errors(local.PASDModelLoader, {**LOADER_PROMPT, "caption_model": "my_coca"})[0]
+    assert "caption_model 'my_coca' is not in models/pasd_prompt" in other
+    assert "https://huggingface.co/laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k" in other
 
 
-def test_the_captioner_dropdown_lists_captioner_folders_and_says_when_there_is_none(tmp_path, monkeypatch):
+def test_the_captioner_dropdown_lists_captioner_folders_and_the_official_one(tmp_path, monkeypatch):
     empty = make_models_dir(tmp_path / "empty")
     FakeComfyUI(empty).install(monkeypatch)
     declared = local.PASDModelLoader.INPUT_TYPES()["optional"]
-    assert declared["caption_model"][0] == [choices.NO_CAPTIONER, "none"]
-    assert declared["classifier_model"][0] == ["none"]
-    assert "queue for how" in loader_refusal(**{**LOADER_PROMPT, "caption_model": choices.NO_CAPTIONER})
+    assert declared["caption_model"][0] == ["coca_ViT-L-14", "none"]  # the official one, fetched on first use
+    assert declared["classifier_model"][0] == ["none", "resnet50"]
     stocked = make_models_dir(tmp_path / "stocked", captioner=True)
     classifier = stocked / "pasd_prompt" / "resnet50"
     classifier.mkdir()
@@ -195,7 +212,7 @@ def test_the_captioner_dropdown_lists_captioner_folders_and_says_when_there_is_n
     (classifier / "categories.txt").write_text("tench\n")
     FakeComfyUI(stocked).install(monkeypatch)
     declared = local.PASDModelLoader.INPUT_TYPES()["optional"]
-    assert declared["caption_model"][0] == ["coca_tiny", "none"]
+    assert declared["caption_model"][0] == ["coca_tiny", "coca_ViT-L-14", "none"]
     assert declared["classifier_model"][0] == ["none", "resnet50"]
     assert loader_refusal(**{**LOADER_PROMPT, "caption_model": "coca_tiny", "classifier_model": "resnet50"}) is True
 

@@ -253,8 +253,8 @@ def test_cli_download_fetches_the_lcm_lora_into_models_loras(monkeypatch, tmp_pa
     from pasd_core.weights.download import LCM_LORA
     from support.hub_stub import HubStub
 
-    monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d: Path(d) / v)
-    monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f: Path(d) / f)
+    monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d, *_: Path(d) / v)
+    monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f, *_: Path(d) / f)
     with HubStub({LCM_LORA.repo_id: {LCM_LORA.files[0]: b"lora" * 1024}}) as hub:
         hub.point_hub_here(monkeypatch, tmp_path / "hf_home")
         assert cli_main(["download", "--lcm-lora", "--models-dir", str(tmp_path)]) == 0
@@ -270,8 +270,8 @@ def test_cli_download_of_the_lcm_lora_offline_says_what_to_fetch_and_where(monke
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
-    monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d: Path(d) / v)
-    monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f: Path(d) / f)
+    monkeypatch.setattr("pasd_core.weights.download.ensure_pasd_checkpoint", lambda v, d, *_: Path(d) / v)
+    monkeypatch.setattr("pasd_core.weights.download.ensure_base", lambda d, f, *_: Path(d) / f)
     assert cli_main(["download", "--lcm-lora", "--models-dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: cannot download the SD1.5 LCM-LoRA (LocalEntryNotFoundError")

@@ -50,7 +50,7 @@ def test_apply_declares_the_fixed_interface_with_tooltips_everywhere() -> None:
 def test_loader_lists_the_same_checkpoints_as_the_engine_loader(models_dir: Path) -> None:
     choices, options = native.PASDAdapterLoader.INPUT_TYPES()["required"]["pasd_model"]
     assert choices == local.PASDModelLoader.INPUT_TYPES()["required"]["pasd_model"][0]
-    assert choices == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
+    assert choices == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000", "pasd_sdxl/checkpoint-200000"]
     assert options["tooltip"]
     assert native.PASDAdapterLoader.RETURN_TYPES == ("PASD_ADAPTER",)
 

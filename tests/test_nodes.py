@@ -134,8 +134,10 @@ def test_loader_declares_every_loader_setting_and_lists_models_found_on_disk(mon
     declared = local.PASDModelLoader.INPUT_TYPES()
     declared = {**declared["required"], **declared["optional"]}
     assert {p.name for p in table.LOADER_PARAMS} <= set(declared)
-    assert declared["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000"]
-    assert declared["base_model"][0] == ["diffusers/stable-diffusion-v1-5"]
+    # what is on disk, then the official models that are not (fetched on first use)
+    assert declared["pasd_model"][0] == ["pasd/checkpoint-100000", "pasd_light/checkpoint-120000",
+                                         "pasd_sdxl/checkpoint-200000"]
+    assert declared["base_model"][0] == ["diffusers/stable-diffusion-v1-5", "diffusers/stable-diffusion-xl-base-1.0"]
     assert declared["style_model"][0] == ["none"]
     assert declared["lora"][0] == ["none", "detail.safetensors"]
     assert declared["device"][0] == list(table.BY_NAME["device"].choices)

@@ -131,7 +131,7 @@ def assert_widgets_fit(workflow: dict) -> None:
             elif isinstance(kind, list):  # a model file: whatever the user has, but a plausible name
                 assert isinstance(value, str) and value and not value.startswith("/")
             else:
-                assert type(value) is {"INT": int, "FLOAT": float, "STRING": str}[kind]
+                assert type(value) is {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}[kind]
         if "seed" in declared:
             slots = widget_slots(declarations()[node["type"]])
             assert node["widgets_values"][slots.index("seed") + 1] in SEED_CONTROLS
@@ -315,7 +315,7 @@ def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
     template = native_templates()[name]
     (apply,) = nodes_of(template, "PASDApply")
     assert widgets(apply) == {"scale": scale, "conditioning_scale": conditioning, "process_size": table.AUTO[int]}
-    assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter}
+    assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter, "auto_download": True}
     (picture,) = nodes_of(template, "LoadImage")
     assert source_of(template, apply, "image") is picture
     (loader,) = nodes_of(template, "CheckpointLoaderSimple")
@@ -360,3 +360,25 @@ def test_native_template_note_says_which_models_go_where_and_how_to_download_the
     assert "https://huggingface.co/yangtao9009/PASD" in text
     if nodes_of(native_templates()[name], "LoraLoader"):
         assert "ComfyUI/models/loras" in text
+
+
+# --- workflows saved by the previous release ---------------------------------------------------------------------
+
+PREVIOUS_RELEASE = ROOT / "tests" / "fixtures" / "previous_release"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PREVIOUS_RELEASE.glob("*.json")))
+def test_a_workflow_saved_by_the_previous_release_loads_with_todays_nodes(name):
+    """Same node types, inputs and widget order: the front end fills only the widgets added at the end (their
+    defaults), and the API copy the previous release shipped is what today's nodes take, plus those defaults."""
+    old = json.loads((PREVIOUS_RELEASE / f"{name}.json").read_text())
+    old_api = json.loads((PREVIOUS_RELEASE / "api" / f"{name}.json").read_text())
+    today = declarations()
+    converted = ui_to_api(old, today)  # raises if a widget value has no slot any more
+    for node_id, node in old_api.items():
+        assert node["class_type"] in today, node["class_type"]
+        added = {k: v for k, v in converted[node_id]["inputs"].items() if k not in node["inputs"]}
+        assert {k: converted[node_id]["inputs"][k] for k in node["inputs"]} == node["inputs"]
+        assert set(added) <= {"auto_download"} and all(v is True for v in added.values())
+        declared = today[node["class_type"]]["input"]
+        assert set(declared["required"]) <= set(node["inputs"]) | set(added), node["class_type"]

@@ -17,6 +17,7 @@ from ...pasd_core.weights.reader import CheckpointFile
 from .. import host, images
 from .. import model_choices as choices
 from ..inputs import DeclaredNode, Input, combo, declare, socket
+from ..model_downloads import download_problem
 
 SEARCH_ALIASES = ["super resolution", "super-resolution", "restore", "upscale", "enhance", "pasd", "controlnet"]
 APPLY_PARAMS = ("scale", "conditioning_scale", "process_size")
@@ -51,16 +52,22 @@ class PASDAdapterLoader(DeclaredNode):
             "pasd_model", choices.pasd_model_choices(),
             "PASD checkpoint folder (with unet/ and controlnet/) from models/pasd: pasd/checkpoint-100000 or "
             "pasd_light/checkpoint-120000 for SD1.5 models, pasd_sdxl/checkpoint-200000 for SDXL models. Only its "
-            "ControlNet and pixel-aware attention are used; the SD weights come from your MODEL.",
-            placeholder=choices.NO_PASD_MODEL))
+            "ControlNet and pixel-aware attention are used; the SD weights come from your MODEL. The official ones "
+            "are listed before they are on disk: with auto_download on, the first run fetches the one picked."),
+            choices.auto_download_input())
 
     @classmethod
-    def VALIDATE_INPUTS(cls, pasd_model: str) -> bool | str:  # noqa: N802
-        """Before the run: a PASD checkpoint that is not on disk is named with its folder, where to get it and the
-        download command (as PASD Model Loader does), instead of ComfyUI's "Value not in list"."""
-        return True if pasd_model in choices.pasd_model_choices() else choices.missing_pasd_model(pasd_model)
+    def VALIDATE_INPUTS(cls, pasd_model: str, auto_download: bool = True) -> bool:  # noqa: N802
+        """Before the run, as PASD Model Loader: an official checkpoint not on disk passes when this run can fetch
+        it, else the short refusal; any other missing name gets its folder, link and download command."""
+        if pasd_model in choices.pasd_models_on_disk():
+            return True
+        fetchable = choices.official_missing({"pasd_model": pasd_model})
+        return choices.refuse([download_problem(fetchable, auto_download, choices.family_hint(pasd_model))
+                               if fetchable else choices.missing_pasd_model(pasd_model)])
 
-    def load(self, pasd_model: str) -> tuple[Any]:
+    def load(self, pasd_model: str, auto_download: bool = True) -> tuple[Any]:
+        choices.fetch_if_missing({"pasd_model": pasd_model}, auto_download)
         folder = host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model")
         check_adapter_checkpoint(folder)
         host.require_comfyui("PASD Adapter Loader")

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 from ..params import CAPTION, CLASSIFICATION
 from ..weights.download import HubFiles, ensure_files
+from ..weights.hub_fetch import HubFetcher
 
 PROMPT_FOLDER = "pasd_prompt"  # under the models folder (ComfyUI's models/pasd_prompt)
 CAPTIONER_CONFIG = "open_clip_config.json"
@@ -78,9 +79,13 @@ class PromptModelKind:
     def default_folder(self, models_dir: str | Path) -> Path:
         return Path(models_dir) / PROMPT_FOLDER / self.folder_name
 
-    def ensure(self, models_dir: str | Path) -> Path:
+    def ensure(self, models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
         """Its folder under `models_dir`, downloaded if absent, with the file the hub repository lacks."""
-        folder = ensure_files(self.source, self.default_folder(models_dir))
+        return self.ensure_in(Path(models_dir) / PROMPT_FOLDER, fetcher)
+
+    def ensure_in(self, prompt_folder: str | Path, fetcher: HubFetcher | None = None) -> Path:
+        """Its folder inside `prompt_folder` (a models/pasd_prompt), downloaded if absent, completed."""
+        folder = ensure_files(self.source, Path(prompt_folder) / self.folder_name, fetcher=fetcher)
         if not (folder / self.added_file).is_file():
             self.write_added(folder)
         return folder

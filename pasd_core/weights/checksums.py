@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
@@ -34,31 +35,33 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def expected_hashes(repo_id: str, commit: str, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """{path: (algorithm, hex digest)} as the hub lists them at `commit` (sha256 for LFS files, git blob sha1 for the
-    rest)."""
+@dataclass(frozen=True)
+class ListedFile:
+    """A file as the hub lists it at one commit: its size and its checksum (sha256 for LFS files, else git's)."""
+
+    size: int
+    algorithm: str  # "sha256" | "sha1"
+    digest: str
+
+
+def hub_listing(repo_id: str, commit: str, paths: Iterable[str]) -> dict[str, ListedFile]:
+    """{path: ListedFile} for `paths` of `repo_id` at `commit`; ModelError when the hub does not list one of them."""
     from huggingface_hub import HfApi
 
-    listed = {}
-    for info in HfApi().get_paths_info(repo_id, list(paths), revision=commit):
-        lfs = getattr(info, "lfs", None)
-        listed[info.path] = ("sha256", lfs.sha256) if lfs is not None else ("sha1", info.blob_id)
-    return listed
-
-
-def remove_damaged(repo_id: str, commit: str, local_dir: Path, paths: Iterable[str]) -> list[str]:
-    """The files of `paths` (relative to the repository and to `local_dir`) whose bytes differ from the hub's
-    listing at `commit`, deleted; raises ModelError when the hub does not list one of them."""
     paths = list(paths)
-    listed = expected_hashes(repo_id, commit, paths)
-    damaged = []
+    listed = {}
+    for info in HfApi().get_paths_info(repo_id, paths, revision=commit):
+        lfs = getattr(info, "lfs", None)
+        listed[info.path] = (ListedFile(lfs.size, "sha256", lfs.sha256) if lfs is not None else
+                             ListedFile(info.size, "sha1", info.blob_id))
     for path in paths:
         if path not in listed:
             raise ModelError(f"{repo_id} no longer lists {path}: the repository changed; download it by hand.")
-        algorithm, expected = listed[path]
-        file = local_dir / path
-        actual = sha256_of(file) if algorithm == "sha256" else git_blob_sha1(file)
-        if actual != expected:
-            file.unlink()
-            damaged.append(path)
-    return damaged
+    return listed
+
+
+def holds_listed_bytes(file: Path, listed: ListedFile) -> bool:
+    """Whether `file` has exactly the bytes the hub lists (its size first: a cheap no)."""
+    if file.stat().st_size != listed.size:
+        return False
+    return (sha256_of(file) if listed.algorithm == "sha256" else git_blob_sha1(file)) == listed.digest

@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import Interrupted, ModelError
 from ..model_family import SD15, SDXL
+from .hub_fetch import HubFetcher, fetch
 
 
 @dataclass(frozen=True)
@@ -108,58 +109,41 @@ def _local(source: HubFiles, local_dir: Path) -> Path | None:
     return max(candidates, key=step) if candidates else None
 
 
-def _snapshot(source: HubFiles, local_dir: Path, instructions: str) -> str:
-    """snapshot_download into `local_dir` of the repository's current commit, whose id it returns (the checksums
-    are read at the same commit); any failure becomes a ModelError carrying `instructions`."""
+def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "", fetcher: HubFetcher | None = None) -> Path:
+    """The folder holding `source`'s files under `local_dir`, downloaded if absent (each file checked against the
+    hub's checksum before it is kept); `hint` ends the offline message (another way to get there)."""
+    fetcher = fetcher or HubFetcher()
+    local_dir = Path(local_dir)
+    found = _local(source, local_dir)
+    if found is not None and not fetcher.recheck:
+        return found
+    instructions = source.instructions(local_dir) + hint
     try:
-        from huggingface_hub import HfApi, snapshot_download
+        import huggingface_hub  # noqa: F401  (only to say so when it is missing)
     except ImportError:
         raise ModelError(f"cannot download {source.what}: the huggingface_hub package is not installed "
                          f"(pip install huggingface_hub). {instructions}") from None
     try:
-        commit = HfApi().model_info(source.repo_id).sha
-        snapshot_download(source.repo_id, revision=commit, allow_patterns=source.patterns(), local_dir=str(local_dir))
-        return commit
+        damaged = fetch(source.repo_id, source.patterns(), local_dir, fetcher)
+    except (ModelError, Interrupted):
+        raise
     except Exception as error:  # offline mode, DNS, HTTP, disk: all end the same way for the user
         detail = " ".join(str(error).split())  # one line: the client's messages run over several
-        raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {detail}). {instructions}") from None
-
-
-def ensure_files(source: HubFiles, local_dir: str | Path, hint: str = "") -> Path:
-    """The folder holding `source`'s files under `local_dir`, downloaded if absent and checked against the hub's
-    checksums; `hint` ends the offline message (another way to get there)."""
-    local_dir = Path(local_dir)
-    found = _local(source, local_dir)
-    if found is not None:
-        return found
-    instructions = source.instructions(local_dir) + hint
-    commit = _snapshot(source, local_dir, instructions)
+        if found is not None:  # only the re-check failed: what is there was checked when it came
+            fetcher.on_file(f"could not check {found} against the hub ({type(error).__name__}: {detail}); kept")
+            return found
+        raise ModelError(f"cannot download {source.what} ({type(error).__name__}: {detail}). {instructions} Or "
+                         f"{fetcher.again}: the files already checked are kept, so it resumes.") from None
+    if damaged:
+        one = len(damaged) == 1
+        raise ModelError(f"{', '.join(damaged)} of {source.what} arrived damaged (its bytes differ from the hub's "
+                         f"checksum) and {'was' if one else 'were'} deleted: {fetcher.again} to download "
+                         f"{'it' if one else 'them'} again (the files already checked are kept).")
     found = _local(source, local_dir)
     if found is None:
         raise ModelError(f"the download of {source.what} finished without its files (the repository layout may "
                          f"have changed). {instructions}")
-    _check(source, local_dir, found, commit, instructions)
     return found
-
-
-def _check(source: HubFiles, local_dir: Path, folder: Path, commit: str, instructions: str) -> None:
-    """Every downloaded file of `source` has the hub's bytes; the damaged ones are deleted and named."""
-    from .checksums import remove_damaged
-
-    paths = [(folder / name).relative_to(local_dir).as_posix() for name in source.files]
-    try:
-        damaged = remove_damaged(source.repo_id, commit, local_dir, paths)
-    except ModelError:
-        raise
-    except Exception as error:  # the hub's listing could not be read: nothing is vouched for
-        for path in paths:
-            (local_dir / path).unlink(missing_ok=True)
-        raise ModelError(f"cannot check the download of {source.what} against the hub's checksums "
-                         f"({type(error).__name__}: {error}), so it was not kept. {instructions}") from None
-    if damaged:
-        raise ModelError(f"{', '.join(damaged)} of {source.what} arrived damaged (its bytes differ from the hub's "
-                         f"checksum) and {'was' if len(damaged) == 1 else 'were'} deleted: run the same command "
-                         f"again to download {'it' if len(damaged) == 1 else 'them'} again.")
 
 
 # The colour checkpoint samples with its own zero-terminal-SNR scheduler, which the official grayscale branch reads
@@ -169,29 +153,29 @@ COLOR_SCHEDULER = HubFiles("yangtao9009/PASD", COLOR_VARIANT, ("scheduler/schedu
                            "the colour checkpoint's scheduler")
 
 
-def ensure_pasd_checkpoint(variant: str, models_dir: str | Path) -> Path:
+def ensure_pasd_checkpoint(variant: str, models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """The folder (unet/, controlnet/; PASD-SDXL also scheduler/) of a PASD checkpoint in `models_dir`
     (ComfyUI's models/pasd), downloaded if absent; the colour checkpoint comes with its sibling scheduler/."""
     if variant not in PASD_VARIANTS:
         raise ModelError(f"unknown PASD variant {variant!r}: use one of {', '.join(PASD_VARIANTS)}.")
-    folder = ensure_files(PASD_VARIANTS[variant], models_dir)
+    folder = ensure_files(PASD_VARIANTS[variant], models_dir, fetcher=fetcher)
     if variant == COLOR_VARIANT:
-        ensure_files(COLOR_SCHEDULER, models_dir)
+        ensure_files(COLOR_SCHEDULER, models_dir, fetcher=fetcher)
     return folder
 
 
-def ensure_base(models_dir: str | Path, family: str = SD15) -> Path:
+def ensure_base(models_dir: str | Path, family: str = SD15, fetcher: HubFetcher | None = None) -> Path:
     """The diffusers base folder of `family` (text encoders, tokenizers, VAE; SD1.5 also its scheduler) in
     `models_dir` (ComfyUI's models/diffusers), downloaded if absent."""
     source = BASES[family]
     hint = (" An SD1.5 single-file checkpoint (.safetensors) works as a base too." if family == SD15 else
             " An SDXL base single-file checkpoint (.safetensors, with both text encoders) works as a base too.")
-    return ensure_files(source, Path(models_dir) / source.repo_id.split("/")[1], hint)
+    return ensure_files(source, Path(models_dir) / source.repo_id.split("/")[1], hint, fetcher)
 
 
-def ensure_fp16_fix_vae(models_dir: str | Path) -> Path:
+def ensure_fp16_fix_vae(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """madebyollin/sdxl-vae-fp16-fix as a diffusers VAE folder in `models_dir` (ComfyUI's models/vae)."""
-    return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1])
+    return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1], fetcher=fetcher)
 
 
 # The SDXL refiner of test_pasd_sdxl.py --use_refiner (its --pretrained_refiner_path), the parts diffusers'
@@ -204,9 +188,9 @@ REFINER_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_en
 REFINER = HubFiles("stabilityai/stable-diffusion-xl-refiner-1.0", "", REFINER_FILES, "the SDXL 1.0 refiner")
 
 
-def ensure_refiner(models_dir: str | Path) -> Path:
+def ensure_refiner(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """The SDXL refiner as a diffusers folder in `models_dir` (ComfyUI's models/diffusers), downloaded if absent."""
-    return ensure_files(REFINER, Path(models_dir) / REFINER.repo_id.split("/")[1])
+    return ensure_files(REFINER, Path(models_dir) / REFINER.repo_id.split("/")[1], fetcher=fetcher)
 
 
 # The LoRA of the official LCM fast mode (test_pasd.py --use_lcm_lora; SD1.5 only), into ComfyUI's models/loras.
@@ -214,7 +198,7 @@ LCM_LORA = HubFiles("latent-consistency/lcm-lora-sdv1-5", "", ("pytorch_lora_wei
                     "the SD1.5 LCM-LoRA")
 
 
-def ensure_lcm_lora(models_dir: str | Path) -> Path:
+def ensure_lcm_lora(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """The LCM-LoRA file in `models_dir` (ComfyUI's models/loras), under lcm-lora-sdv1-5/, downloaded if absent."""
-    folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_id.split("/")[1])
+    folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_id.split("/")[1], fetcher=fetcher)
     return folder / LCM_LORA.files[0]

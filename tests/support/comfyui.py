@@ -394,16 +394,27 @@ def widget_slots(declaration: dict[str, Any]) -> list[str | None]:
     return slots + list(declaration.get("frontend_widgets", ()))
 
 
+def newer_widget_defaults(declaration: dict[str, Any], node: dict[str, Any], slots: list[str | None]) -> list[Any]:
+    """The defaults of the optional widgets a node gained after `node` was saved (none when it has every value)."""
+    optional = declaration["input"].get("optional", {})
+    newer = slots[len(node.get("widgets_values", [])):]
+    if not newer or not all(name in optional and "default" in optional[name][1] for name in newer):
+        return []
+    return [optional[name][1]["default"] for name in newer]
+
+
 def ui_to_api(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The API-format prompt (what POST /prompt takes) for a UI-format workflow, as the front end builds it."""
+    """The API-format prompt (what POST /prompt takes) for a UI-format workflow, as the front end builds it. A
+    workflow saved before a node gained optional widgets at its end has fewer values: those widgets keep their
+    defaults, as the front end leaves a widget it has no saved value for."""
     nodes = declarations() if nodes is None else nodes
     links = {link[0]: link for link in workflow["links"]}
     prompt: dict[str, Any] = {}
     for node in sorted(workflow["nodes"], key=lambda n: n["id"]):
         if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY_NODES:
             continue
-        values = node.get("widgets_values", [])
         slots = widget_slots(nodes[node["type"]])
+        values = [*node.get("widgets_values", []), *newer_widget_defaults(nodes[node["type"]], node, slots)]
         if len(values) != len(slots):
             raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget values for "
                              f"{len(slots)} widgets {slots}")
