@@ -301,3 +301,25 @@ def test_cli_download_offline_prints_the_instructions(monkeypatch, tmp_path, cap
     error = capsys.readouterr().err
     assert error.startswith("error: cannot download the PASD 'pasd_sdxl' checkpoint") and "Traceback" not in error
     assert "https://huggingface.co/yangtao9009/PASD-SDXL/tree/main/pasd_sdxl/checkpoint-200000" in error
+
+
+# --- the download command vouches for every file it finds, not only for those it fetched -------------------------
+
+def test_the_download_command_checks_the_files_it_finds_and_replaces_a_damaged_one(tmp_path, hub, capsys):
+    assert main(["download", "--models-dir", str(tmp_path)]) == 0
+    damaged = tmp_path / "pasd" / UNET
+    data = bytearray(damaged.read_bytes())
+    data[0] ^= 1  # the right size, other bytes: what a bad disk or an interrupted copy leaves
+    damaged.write_bytes(bytes(data))
+    assert main(["download", "--models-dir", str(tmp_path)]) == 0
+    assert damaged.read_bytes() == content(UNET)
+    assert f"{UNET} in {tmp_path / 'pasd'} differs from the hub's copy: fetched again" in capsys.readouterr().err
+    assert not any(p.is_file() for p in (tmp_path / ".pasd_download").rglob("*") if ".cache" not in p.parts)
+
+
+def test_offline_the_download_command_keeps_the_files_it_finds(monkeypatch, tmp_path, hub, capsys):
+    assert main(["download", "--models-dir", str(tmp_path)]) == 0
+    failing_hub(monkeypatch, LocalEntryNotFoundError("offline mode is enabled"))
+    assert main(["download", "--models-dir", str(tmp_path)]) == 0
+    assert "could not check" in capsys.readouterr().err
+    assert (tmp_path / "pasd" / UNET).is_file()
