@@ -8,6 +8,7 @@ next run fetches only the rest.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -100,12 +101,16 @@ def fetch(repo_id: str, patterns: list[str], local_dir: Path, fetcher: HubFetche
             fetcher.on_bytes(min(done, total), total)
 
     staging = fetcher.staging_for(local_dir) / repo_id.replace("/", "--")
+    # huggingface_hub < 1.2 takes no tqdm_class here: the bar then moves once per file
+    byte_bars = "tqdm_class" in inspect.signature(hf_hub_download).parameters
     for index, path in enumerate(missing, 1):
         fetcher.on_file(f"downloading {repo_id}/{path} ({_size(listing[path].size)}, file {index} of "
                         f"{len(missing)}) into {local_dir}")
         before = done
-        staged = Path(hf_hub_download(repo_id, path, revision=commit, local_dir=staging, tqdm_class=_bar_class(count)))
-        done = before + listing[path].size  # a retried transfer counts its bytes again; the file counts once
+        bars = {"tqdm_class": _bar_class(count)} if byte_bars else {}
+        staged = Path(hf_hub_download(repo_id, path, revision=commit, local_dir=staging, **bars))
+        done = before  # a retried transfer counts its bytes again; the file counts once
+        count(listing[path].size)
         if holds_listed_bytes(staged, listing[path]):
             _place(staged, local_dir / path)
         else:
