@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 
@@ -39,7 +40,7 @@ KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
             re.compile(r"""(fal_key|api_key|fal_key_id|fal_key_secret)["']?\s*[:=]|Authorization|Bearer """, re.I),
             re.compile(r"\bKey [A-Za-z0-9:-]{8,}"))
 SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
-SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
+SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --captioner --models-dir ComfyUI/models"
 
 WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
 EXACT_TEMPLATES = [name for name in WORKFLOW_NAMES if "(exact engine)" in name]
@@ -265,6 +266,77 @@ def test_every_workflow_says_in_a_note_what_it_needs_and_where_to_get_it(name):
         assert "FAL_KEY" in text or "fal key" in text
 
 
+# --- every model a graph loads, named in its Note with the one download command that fetches it -----------------
+
+ALL_TEMPLATES = sorted(ui_workflows())
+DOWNLOAD = "python -m pasd_core download "
+FAMILY_VARIANTS = pack_module("pasd_core.weights.download").FAMILY_VARIANTS
+PROMPT_MODELS = {"caption_model": "captioner", "classifier_model": "classifier"}  # input: its download switch
+
+
+def needed_models(node: dict) -> tuple[list[tuple[str, str, str]], dict]:
+    """What one node loads: (input, name in its dropdown, models folder) for each model, and the download command's
+    arguments that fetch the official ones (argparse's names: family, variant, captioner...)."""
+    values = widgets(node)
+    models, flags = [], {}
+    if "pasd_model" in values and node["type"] != "PASDPrompt":  # PASD Model Loader, PASD Adapter Loader
+        variant = values["pasd_model"].split("/")[0]
+        flags["family"] = next((f for f, v in FAMILY_VARIANTS.items() if v == variant), "sd15")
+        flags["variant"] = variant
+        models.append(("pasd_model", values["pasd_model"], "pasd"))
+    if "base_model" in values:
+        folder, name = values["base_model"].split("/", 1)
+        models.append(("base_model", name, folder))
+    for key, folder in (("style_model", "checkpoints"), ("lora", "loras"), ("ckpt_name", "checkpoints"),
+                        ("lora_name", "loras"), ("lcm_lora", "loras"), ("vae", "vae")):
+        if values.get(key, "none") != "none":
+            models.append((key, values[key], folder))
+    if values.get("lcm_lora", "none") != "none":
+        flags["lcm_lora"] = True
+    if "fp16-fix" in values.get("vae", ""):
+        flags["fp16_fix_vae"] = True
+    for key, switch in PROMPT_MODELS.items():
+        if values.get(key, "none") != "none":
+            models.append((key, values[key], "pasd_prompt"))
+            flags[switch] = True
+    return models, flags
+
+
+def download_commands(text: str) -> list[dict]:
+    """The Note's download commands, parsed by the CLI's own parser (so every flag in them exists)."""
+    parser = pack_module("pasd_core.__main__").build_parser()
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(DOWNLOAD)]
+    return [vars(parser.parse_args(shlex.split(line)[3:])) for line in lines]
+
+
+def fetches(command: dict, flags: dict) -> bool:
+    variant = command["variant"] or FAMILY_VARIANTS[command["family"]]
+    return all((variant if key == "variant" else command[key]) == value for key, value in flags.items())
+
+
+@pytest.mark.parametrize("name", ALL_TEMPLATES)
+def test_the_note_names_every_model_the_graph_loads_and_one_command_fetches_each_nodes_official_ones(name):
+    """Bypassed nodes count: the Note says what un-bypassing them needs."""
+    workflow = ui_workflows()[name]
+    text = note_text(workflow)
+    lines = text.splitlines()
+    commands = download_commands(text)
+    assert all(c["models_dir"] == "ComfyUI/models" for c in commands)
+    for node in server_nodes(workflow):
+        if node["type"] not in pack.NODE_CLASS_MAPPINGS and node["type"] not in ("CheckpointLoaderSimple",
+                                                                                  "LoraLoader"):
+            continue
+        models, flags = needed_models(node)
+        for key, model, folder in models:
+            # the input it is picked in, the folder it goes in, and on the same line where it comes from
+            assert key in text and f"ComfyUI/models/{folder}" in text, (name, key)
+            assert any(model in line and "https://" in line for line in lines), (name, model)
+        if flags:  # one command fetches everything this node needs (a missing flag meant a second refusal)
+            assert any(fetches(c, flags) for c in commands), (name, node["type"], flags)
+    if nodes_of(workflow, "PASDModelLoader"):  # the loader fetches them by itself when online
+        assert "auto_download" in text and "online" in text and "Offline" in text
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
     for node in nodes_of(ui_workflows()[name], "LoadImage"):
@@ -275,12 +347,12 @@ def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
 
 NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, conditioning_scale, download flags)
     "PASD SD1.5 upscale x2 (native)": ("sd15", "pasd/checkpoint-100000", "v1-5-pruned-emaonly.safetensors",
-                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15"),
+                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15 --captioner"),
     "PASD SDXL upscale x2 (native)": ("sdxl", "pasd_sdxl/checkpoint-200000", "sd_xl_base_1.0.safetensors",
-                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl"),
+                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl --captioner"),
     "PASD SD1.5 stylization with LoRA (native)": (
         "sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors", "uni_pc_bh2", "sgm_uniform", 1, 0.7,
-        "--family sd15 --variant pasd_light"),
+        "--family sd15 --variant pasd_light --captioner"),
 }
 NATIVE_NAMES = sorted(NATIVE)
 
