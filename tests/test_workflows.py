@@ -337,6 +337,30 @@ def test_the_note_names_every_model_the_graph_loads_and_one_command_fetches_each
         assert "auto_download" in text and "online" in text and "Offline" in text
 
 
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar this far above its pos (LiteGraph.NODE_TITLE_HEIGHT)
+
+
+def footprint(node: dict) -> tuple[float, float, float, float]:
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", ALL_TEMPLATES)
+def test_no_note_covers_a_node_or_sits_in_a_group(name):
+    workflow = ui_workflows()[name]
+    for note in (n for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY_NODES):
+        for other in workflow["nodes"]:
+            assert other is note or not overlap(footprint(note), footprint(other)), (name, other.get("title"),
+                                                                                     other["type"])
+        for group in workflow.get("groups", []):  # a Note in a group would move and be bypassed with it
+            x, y, width, height = group["bounding"]
+            assert not overlap(footprint(note), (x, y, x + width, y + height)), (name, group["title"])
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
     for node in nodes_of(ui_workflows()[name], "LoadImage"):
