@@ -44,6 +44,7 @@ SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --captioner --models
 
 WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
 EXACT_TEMPLATES = [name for name in WORKFLOW_NAMES if "(exact engine)" in name]
+BYPASS = 4  # LiteGraph's node mode BYPASS: the front end leaves the node out of the prompt
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
@@ -63,6 +64,18 @@ def widgets(node: dict) -> dict:
     """A UI node's widget values by input name."""
     slots = widget_slots(declarations()[node["type"]])
     return {name: value for name, value in zip(slots, node["widgets_values"], strict=True) if name is not None}
+
+
+def group_of(workflow: dict, node: dict) -> dict:
+    """The group whose rectangle holds the node's position (the front end moves and bypasses them together)."""
+    (x, y), groups = node["pos"], workflow.get("groups", [])
+    return next((g for g in groups if g["bounding"][0] <= x <= g["bounding"][0] + g["bounding"][2]
+                 and g["bounding"][1] <= y <= g["bounding"][1] + g["bounding"][3]), {"title": ""})
+
+
+def active(workflow: dict) -> dict:
+    """The graph as it runs: bypassed nodes left out (none of them feeds an active one)."""
+    return {**workflow, "nodes": [n for n in workflow["nodes"] if n["mode"] == 0]}
 
 
 def source_of(workflow: dict, node: dict, input_name: str) -> dict:
@@ -90,13 +103,16 @@ def assert_consistent_graph(workflow: dict) -> None:
     known = declarations()
     by_id = {n["id"]: n for n in workflow["nodes"]}
     for node in workflow["nodes"]:
-        assert node["mode"] == 0
+        # active, or bypassed (4) as a member of a group that says so; an active node never reads a bypassed one,
+        # so the front end's pass-through (an input of the output's type) never decides what runs
+        assert node["mode"] == 0 or node["mode"] == BYPASS and "un-bypass" in group_of(workflow, node)["title"]
         if node["type"] in FRONTEND_ONLY_NODES:  # a note: its text, nothing connected
             assert isinstance(node["widgets_values"][0], str) and not node["inputs"] and not node["outputs"]
             continue
         assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES
         assert node["properties"]["Node name for S&R"] == node["type"]
     for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        assert by_id[target]["mode"] == BYPASS or by_id[origin]["mode"] == 0
         output = by_id[origin]["outputs"][origin_slot]
         socket = by_id[target]["inputs"][target_slot]
         assert link_id in output["links"] and socket["link"] == link_id
@@ -145,8 +161,8 @@ def test_api_copy_says_what_the_ui_workflow_says(name):
 
 def assert_api_copy(ui: dict, api: dict) -> None:
     assert ui_to_api(ui) == api
-    assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
-    for node in server_nodes(ui):  # spelled out: each widget value sits under its input name (unless linked)
+    assert {n["type"] for n in server_nodes(active(ui))} == {n["class_type"] for n in api.values()}
+    for node in server_nodes(active(ui)):  # spelled out: each widget value sits under its input name (unless linked)
         linked = {i["name"] for i in node.get("inputs", []) if "widget" in i and i["link"] is not None}
         assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node) if k not in linked} == {
             k: v for k, v in widgets(node).items() if k not in linked}
@@ -408,7 +424,7 @@ def test_native_template_is_a_consistent_graph_with_fitting_widgets_and_api_copy
 @pytest.mark.parametrize("name", NATIVE_NAMES)
 def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
     family, adapter, checkpoint, sampler_name, scheduler, scale, conditioning, _ = NATIVE[name]
-    template = native_templates()[name]
+    template = active(native_templates()[name])
     (apply,) = nodes_of(template, "PASDApply")
     assert widgets(apply) == {"scale": scale, "conditioning_scale": conditioning, "process_size": table.AUTO[int]}
     assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter}
@@ -456,3 +472,65 @@ def test_native_template_note_says_which_models_go_where_and_how_to_download_the
     assert "https://huggingface.co/yangtao9009/PASD" in text
     if nodes_of(native_templates()[name], "LoraLoader"):
         assert "ComfyUI/models/loras" in text
+
+
+# --- the native SDXL template's optional refiner (test_pasd_sdxl.py --use_refiner in core nodes) ---------------
+
+REFINER_GROUP = "SDXL refiner (optional: un-bypass; departs from the official code, see Note)"
+# StableDiffusionXLImg2ImgPipeline's defaults, which the official call leaves as they are (pasd_core/engine/refiner.py)
+PIPELINE_STEPS, PIPELINE_GUIDANCE, AESTHETIC_SCORES = 50, 5.0, (6.0, 2.5)
+
+
+def origin_of(workflow: dict, node: dict, input_name: str) -> tuple[int, int]:
+    """(node id, output slot) that feeds the input."""
+    link_id = next(i["link"] for i in node["inputs"] if i["name"] == input_name)
+    return next((link[1], link[2]) for link in workflow["links"] if link[0] == link_id)
+
+
+def test_native_sdxl_template_refines_pasds_decoded_image_before_the_colour_fix_in_a_bypassed_group():
+    template = native_templates()["PASD SDXL upscale x2 (native)"]
+    refiner = [n for n in template["nodes"] if n["mode"] == BYPASS]
+    (group,) = template["groups"]  # bypassed by default: the graph runs without the refiner file
+    assert group["title"] == REFINER_GROUP and refiner
+    assert [n for n in template["nodes"] if group_of(template, n) is group] == refiner
+    whole = {**template, "nodes": [{**n, "mode": 0} for n in template["nodes"]]}  # after un-bypassing the group
+    assert_consistent_graph(whole)
+    assert_widgets_fit(whole)
+    ui_to_api(whole)  # every widget in its place
+
+    def one(node_type: str) -> dict:
+        (node,) = [n for n in refiner if n["type"] == node_type]
+        return node
+
+    (pasd_sampler,), (pasd_decode,) = nodes_of(active(template), "KSampler"), nodes_of(active(template), "VAEDecode")
+    loader, sampler, decode = one("CheckpointLoaderSimple"), one("KSampler"), one("VAEDecode")
+    assert widgets(loader) == {"ckpt_name": "sd_xl_refiner_1.0.safetensors"}
+    # img2img at the official strength: KSampler's denoise samples the last steps × denoise of a `steps` schedule
+    strength = pack_module("pasd_core.engine.refiner").REFINER_STRENGTH
+    assert widgets(sampler) == {"seed": widgets(pasd_sampler)["seed"], "steps": round(PIPELINE_STEPS * strength),
+                                "cfg": PIPELINE_GUIDANCE, "sampler_name": "euler", "scheduler": "ddim_uniform",
+                                "denoise": strength}
+    assert sampler["widgets_values"][1] == pasd_sampler["widgets_values"][1] == "fixed"  # the seeds stay equal
+    assert source_of(template, sampler, "model") is loader
+    encode = source_of(template, sampler, "latent_image")
+    assert encode["type"] == "VAEEncode" and source_of(template, encode, "vae") is loader
+    assert source_of(template, encode, "pixels") is pasd_decode  # PASD's decoded image, before its colour fix
+    # the prompt PASD sampled with, an empty negative, the aesthetic scores, at the decoded image's size
+    positive, negative = source_of(template, sampler, "positive"), source_of(template, sampler, "negative")
+    (prompt,) = nodes_of(template, "PASDPrompt")
+    assert source_of(template, positive, "text") is prompt and widgets(negative)["text"] == ""
+    assert (widgets(positive)["ascore"], widgets(negative)["ascore"]) == AESTHETIC_SCORES
+    size = one("GetImageSize")
+    assert source_of(template, size, "image") is pasd_decode
+    for condition in (positive, negative):
+        assert condition["type"] == "CLIPTextEncodeSDXLRefiner" and source_of(template, condition, "clip") is loader
+        assert [origin_of(template, condition, k) for k in ("width", "height")] == [(size["id"], 0), (size["id"], 1)]
+    # then the refiner's VAE, PASD Color Fix against the picture, and a Save Image of its own
+    assert source_of(template, decode, "samples") is sampler and source_of(template, decode, "vae") is loader
+    fix = one("PASDColorFix")
+    assert source_of(template, fix, "image") is decode
+    assert source_of(template, fix, "reference")["type"] == "LoadImage"
+    assert source_of(template, one("SaveImage"), "images") is fix
+    text = note_text(template)  # the Note says how to run it and where it departs from the official code
+    assert "Set Group Nodes to Always" in text and "Departs from the official code" in text
+    assert "not pixel-identical" in text and "same value as PASD's KSampler" in text
