@@ -3,6 +3,7 @@ with API-format copies that say the same, and no secrets inside."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -534,3 +535,12 @@ def test_native_sdxl_template_refines_pasds_decoded_image_before_the_colour_fix_
     text = note_text(template)  # the Note says how to run it and where it departs from the official code
     assert "Set Group Nodes to Always" in text and "Departs from the official code" in text
     assert "not pixel-identical" in text and "same value as PASD's KSampler" in text
+
+
+def test_every_thumbnail_band_tells_its_template_apart():
+    """The template browser shows 256 px cards: the band's kind, family and task differ from card to card."""
+    spec = importlib.util.spec_from_file_location("make_thumbnails", ROOT / "tools" / "make_thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    bands = {name: thumbnails.band(name, workflow)[1:] for name, workflow in ui_workflows().items()}
+    assert len(set(bands.values())) == len(bands), bands
