@@ -31,6 +31,7 @@ from support.comfyui import (
     load_pack,
     make_models_dir,
     pack_module,
+    ui_to_api,
     ui_workflows,
     widget_slots,
 )
@@ -65,6 +66,8 @@ PASD_SDXL = str(SDXL_CHECKPOINTS / "pasd_sdxl" / "checkpoint-200000")
 SDXL_FILE = "sd_xl_base_1.0.safetensors"  # a tiny SDXL single file, named as the download a user puts there
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
 PASD_COLOR = str(PROMPT_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000")
+REFINER_TEMPLATE = "PASD SDXL upscale x2 (native)"  # its SDXL refiner group is bypassed as shipped
+UNBYPASSED = f"{REFINER_TEMPLATE} with the refiner"
 CAPTIONER = "coca_ViT-L-14"  # the templates' caption_model: the tiny CoCa is linked under that name
 FAL_KEY = "e2e-stub-key"  # given to the ComfyUI process only; never in a workflow
 
@@ -231,13 +234,20 @@ print(json.dumps(out))
 
 def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path):
     require(shutil.which("chromium"), "Chromium for the front-end check", "apt-get install -y chromium")
+    # the native SDXL template as a user has it after un-bypassing its refiner group, beside the shipped ones
+    refined = copy.deepcopy(ui_workflows()[REFINER_TEMPLATE])
+    for node in refined["nodes"]:
+        node["mode"] = 0
     with Chromium(shutil.which("chromium"), tmp_path / "profile") as chromium:
-        loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, ui_workflows(),
+        loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, {**ui_workflows(), UNBYPASSED: refined},
                                   str(tmp_path / "{name}.png"))
-    for name, api in api_workflows().items():
-        # every node loads, notes included; the prompt leaves the notes out, exactly as the API copy does
-        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(ui_workflows()[name]["nodes"])
+    for name, api in {**api_workflows(), UNBYPASSED: ui_to_api(refined)}.items():
+        # every node loads, notes included; the prompt leaves the notes (and bypassed nodes) out, as the API copy does
+        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(refined["nodes"] if name == UNBYPASSED
+                                                                              else ui_workflows()[name]["nodes"])
         assert loaded[name]["prompt"] == api, name
+    refiner_types = {n["class_type"] for n in loaded[UNBYPASSED]["prompt"].values()}
+    assert {"CLIPTextEncodeSDXLRefiner", "VAEEncode", "GetImageSize"} <= refiner_types
 
 
 # --- every workflow through POST /prompt -----------------------------------------------------------

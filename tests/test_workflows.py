@@ -3,8 +3,10 @@ with API-format copies that say the same, and no secrets inside."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import shlex
 
 import pytest
 
@@ -39,10 +41,11 @@ KEY_LIKE = (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
             re.compile(r"""(fal_key|api_key|fal_key_id|fal_key_secret)["']?\s*[:=]|Authorization|Bearer """, re.I),
             re.compile(r"\bKey [A-Za-z0-9:-]{8,}"))
 SDXL_LOADER = {"pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
-SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --models-dir ComfyUI/models"
+SDXL_DOWNLOAD = "python -m pasd_core download --family sdxl --captioner --models-dir ComfyUI/models"
 
 WORKFLOW_NAMES = sorted(SHIPPED.values())  # the native templates are checked with the native nodes' tests
 EXACT_TEMPLATES = [name for name in WORKFLOW_NAMES if "(exact engine)" in name]
+BYPASS = 4  # LiteGraph's node mode BYPASS: the front end leaves the node out of the prompt
 
 
 def nodes_of(workflow: dict, node_type: str) -> list[dict]:
@@ -62,6 +65,18 @@ def widgets(node: dict) -> dict:
     """A UI node's widget values by input name."""
     slots = widget_slots(declarations()[node["type"]])
     return {name: value for name, value in zip(slots, node["widgets_values"], strict=True) if name is not None}
+
+
+def group_of(workflow: dict, node: dict) -> dict:
+    """The group whose rectangle holds the node's position (the front end moves and bypasses them together)."""
+    (x, y), groups = node["pos"], workflow.get("groups", [])
+    return next((g for g in groups if g["bounding"][0] <= x <= g["bounding"][0] + g["bounding"][2]
+                 and g["bounding"][1] <= y <= g["bounding"][1] + g["bounding"][3]), {"title": ""})
+
+
+def active(workflow: dict) -> dict:
+    """The graph as it runs: bypassed nodes left out (none of them feeds an active one)."""
+    return {**workflow, "nodes": [n for n in workflow["nodes"] if n["mode"] == 0]}
 
 
 def source_of(workflow: dict, node: dict, input_name: str) -> dict:
@@ -89,13 +104,16 @@ def assert_consistent_graph(workflow: dict) -> None:
     known = declarations()
     by_id = {n["id"]: n for n in workflow["nodes"]}
     for node in workflow["nodes"]:
-        assert node["mode"] == 0
+        # active, or bypassed (4) as a member of a group that says so; an active node never reads a bypassed one,
+        # so the front end's pass-through (an input of the output's type) never decides what runs
+        assert node["mode"] == 0 or node["mode"] == BYPASS and "un-bypass" in group_of(workflow, node)["title"]
         if node["type"] in FRONTEND_ONLY_NODES:  # a note: its text, nothing connected
             assert isinstance(node["widgets_values"][0], str) and not node["inputs"] and not node["outputs"]
             continue
         assert node["type"] in pack.NODE_CLASS_MAPPINGS or node["type"] in CORE_NODES
         assert node["properties"]["Node name for S&R"] == node["type"]
     for link_id, origin, origin_slot, target, target_slot, link_type in workflow["links"]:
+        assert by_id[target]["mode"] == BYPASS or by_id[origin]["mode"] == 0
         output = by_id[origin]["outputs"][origin_slot]
         socket = by_id[target]["inputs"][target_slot]
         assert link_id in output["links"] and socket["link"] == link_id
@@ -144,8 +162,8 @@ def test_api_copy_says_what_the_ui_workflow_says(name):
 
 def assert_api_copy(ui: dict, api: dict) -> None:
     assert ui_to_api(ui) == api
-    assert {n["type"] for n in server_nodes(ui)} == {n["class_type"] for n in api.values()}
-    for node in server_nodes(ui):  # spelled out: each widget value sits under its input name (unless linked)
+    assert {n["type"] for n in server_nodes(active(ui))} == {n["class_type"] for n in api.values()}
+    for node in server_nodes(active(ui)):  # spelled out: each widget value sits under its input name (unless linked)
         linked = {i["name"] for i in node.get("inputs", []) if "widget" in i and i["link"] is not None}
         assert {k: api[str(node["id"])]["inputs"][k] for k in widgets(node) if k not in linked} == {
             k: v for k, v in widgets(node).items() if k not in linked}
@@ -265,6 +283,101 @@ def test_every_workflow_says_in_a_note_what_it_needs_and_where_to_get_it(name):
         assert "FAL_KEY" in text or "fal key" in text
 
 
+# --- every model a graph loads, named in its Note with the one download command that fetches it -----------------
+
+ALL_TEMPLATES = sorted(ui_workflows())
+DOWNLOAD = "python -m pasd_core download "
+FAMILY_VARIANTS = pack_module("pasd_core.weights.download").FAMILY_VARIANTS
+PROMPT_MODELS = {"caption_model": "captioner", "classifier_model": "classifier"}  # input: its download switch
+
+
+def needed_models(node: dict) -> tuple[list[tuple[str, str, str]], dict]:
+    """What one node loads: (input, name in its dropdown, models folder) for each model, and the download command's
+    arguments that fetch the official ones (argparse's names: family, variant, captioner...)."""
+    values = widgets(node)
+    models, flags = [], {}
+    if "pasd_model" in values and node["type"] != "PASDPrompt":  # PASD Model Loader, PASD Adapter Loader
+        variant = values["pasd_model"].split("/")[0]
+        flags["family"] = next((f for f, v in FAMILY_VARIANTS.items() if v == variant), "sd15")
+        flags["variant"] = variant
+        models.append(("pasd_model", values["pasd_model"], "pasd"))
+    if "base_model" in values:
+        folder, name = values["base_model"].split("/", 1)
+        models.append(("base_model", name, folder))
+    for key, folder in (("style_model", "checkpoints"), ("lora", "loras"), ("ckpt_name", "checkpoints"),
+                        ("lora_name", "loras"), ("lcm_lora", "loras"), ("vae", "vae")):
+        if values.get(key, "none") != "none":
+            models.append((key, values[key], folder))
+    if values.get("lcm_lora", "none") != "none":
+        flags["lcm_lora"] = True
+    if "fp16-fix" in values.get("vae", ""):
+        flags["fp16_fix_vae"] = True
+    for key, switch in PROMPT_MODELS.items():
+        if values.get(key, "none") != "none":
+            models.append((key, values[key], "pasd_prompt"))
+            flags[switch] = True
+    return models, flags
+
+
+def download_commands(text: str) -> list[dict]:
+    """The Note's download commands, parsed by the CLI's own parser (so every flag in them exists)."""
+    parser = pack_module("pasd_core.__main__").build_parser()
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(DOWNLOAD)]
+    return [vars(parser.parse_args(shlex.split(line)[3:])) for line in lines]
+
+
+def fetches(command: dict, flags: dict) -> bool:
+    variant = command["variant"] or FAMILY_VARIANTS[command["family"]]
+    return all((variant if key == "variant" else command[key]) == value for key, value in flags.items())
+
+
+@pytest.mark.parametrize("name", ALL_TEMPLATES)
+def test_the_note_names_every_model_the_graph_loads_and_one_command_fetches_each_nodes_official_ones(name):
+    """Bypassed nodes count: the Note says what un-bypassing them needs."""
+    workflow = ui_workflows()[name]
+    text = note_text(workflow)
+    lines = text.splitlines()
+    commands = download_commands(text)
+    assert all(c["models_dir"] == "ComfyUI/models" for c in commands)
+    for node in server_nodes(workflow):
+        if node["type"] not in pack.NODE_CLASS_MAPPINGS and node["type"] not in ("CheckpointLoaderSimple",
+                                                                                  "LoraLoader"):
+            continue
+        models, flags = needed_models(node)
+        for key, model, folder in models:
+            # the input it is picked in, the folder it goes in, and on the same line where it comes from
+            assert key in text and f"ComfyUI/models/{folder}" in text, (name, key)
+            assert any(model in line and "https://" in line for line in lines), (name, model)
+        if flags:  # one command fetches everything this node needs (a missing flag meant a second refusal)
+            assert any(fetches(c, flags) for c in commands), (name, node["type"], flags)
+    if nodes_of(workflow, "PASDModelLoader"):  # the loader fetches them by itself when online
+        assert "auto_download" in text and "online" in text and "Offline" in text
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar this far above its pos (LiteGraph.NODE_TITLE_HEIGHT)
+
+
+def footprint(node: dict) -> tuple[float, float, float, float]:
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", ALL_TEMPLATES)
+def test_no_note_covers_a_node_or_sits_in_a_group(name):
+    workflow = ui_workflows()[name]
+    for note in (n for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY_NODES):
+        for other in workflow["nodes"]:
+            assert other is note or not overlap(footprint(note), footprint(other)), (name, other.get("title"),
+                                                                                     other["type"])
+        for group in workflow.get("groups", []):  # a Note in a group would move and be bypassed with it
+            x, y, width, height = group["bounding"]
+            assert not overlap(footprint(note), (x, y, x + width, y + height)), (name, group["title"])
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
     for node in nodes_of(ui_workflows()[name], "LoadImage"):
@@ -275,12 +388,12 @@ def test_workflows_run_as_loaded_on_the_pictures_a_fresh_comfyui_has(name):
 
 NATIVE = {  # title: (family, adapter, checkpoint, sampler, scheduler, scale, conditioning_scale, download flags)
     "PASD SD1.5 upscale x2 (native)": ("sd15", "pasd/checkpoint-100000", "v1-5-pruned-emaonly.safetensors",
-                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15"),
+                                       "uni_pc_bh2", "sgm_uniform", 2, 0.8, "--family sd15 --captioner"),
     "PASD SDXL upscale x2 (native)": ("sdxl", "pasd_sdxl/checkpoint-200000", "sd_xl_base_1.0.safetensors",
-                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl"),
+                                      "euler", "ddim_uniform", 2, 0.8, "--family sdxl --captioner"),
     "PASD SD1.5 stylization with LoRA (native)": (
         "sd15", "pasd_light/checkpoint-120000", "toonyou_beta6.safetensors", "uni_pc_bh2", "sgm_uniform", 1, 0.7,
-        "--family sd15 --variant pasd_light"),
+        "--family sd15 --variant pasd_light --captioner"),
 }
 NATIVE_NAMES = sorted(NATIVE)
 
@@ -312,7 +425,7 @@ def test_native_template_is_a_consistent_graph_with_fitting_widgets_and_api_copy
 @pytest.mark.parametrize("name", NATIVE_NAMES)
 def test_native_template_is_the_official_pasd_recipe_in_core_nodes(name):
     family, adapter, checkpoint, sampler_name, scheduler, scale, conditioning, _ = NATIVE[name]
-    template = native_templates()[name]
+    template = active(native_templates()[name])
     (apply,) = nodes_of(template, "PASDApply")
     assert widgets(apply) == {"scale": scale, "conditioning_scale": conditioning, "process_size": table.AUTO[int]}
     assert widgets(source_of(template, apply, "pasd_adapter")) == {"pasd_model": adapter, "auto_download": True}
@@ -382,3 +495,73 @@ def test_a_workflow_saved_by_the_previous_release_loads_with_todays_nodes(name):
         assert set(added) <= {"auto_download"} and all(v is True for v in added.values())
         declared = today[node["class_type"]]["input"]
         assert set(declared["required"]) <= set(node["inputs"]) | set(added), node["class_type"]
+
+# --- the native SDXL template's optional refiner (test_pasd_sdxl.py --use_refiner in core nodes) ---------------
+
+REFINER_GROUP = "SDXL refiner (optional: un-bypass; departs from the official code, see Note)"
+# StableDiffusionXLImg2ImgPipeline's defaults, which the official call leaves as they are (pasd_core/engine/refiner.py)
+PIPELINE_STEPS, PIPELINE_GUIDANCE, AESTHETIC_SCORES = 50, 5.0, (6.0, 2.5)
+
+
+def origin_of(workflow: dict, node: dict, input_name: str) -> tuple[int, int]:
+    """(node id, output slot) that feeds the input."""
+    link_id = next(i["link"] for i in node["inputs"] if i["name"] == input_name)
+    return next((link[1], link[2]) for link in workflow["links"] if link[0] == link_id)
+
+
+def test_native_sdxl_template_refines_pasds_decoded_image_before_the_colour_fix_in_a_bypassed_group():
+    template = native_templates()["PASD SDXL upscale x2 (native)"]
+    refiner = [n for n in template["nodes"] if n["mode"] == BYPASS]
+    (group,) = template["groups"]  # bypassed by default: the graph runs without the refiner file
+    assert group["title"] == REFINER_GROUP and refiner
+    assert [n for n in template["nodes"] if group_of(template, n) is group] == refiner
+    whole = {**template, "nodes": [{**n, "mode": 0} for n in template["nodes"]]}  # after un-bypassing the group
+    assert_consistent_graph(whole)
+    assert_widgets_fit(whole)
+    ui_to_api(whole)  # every widget in its place
+
+    def one(node_type: str) -> dict:
+        (node,) = [n for n in refiner if n["type"] == node_type]
+        return node
+
+    (pasd_sampler,), (pasd_decode,) = nodes_of(active(template), "KSampler"), nodes_of(active(template), "VAEDecode")
+    loader, sampler, decode = one("CheckpointLoaderSimple"), one("KSampler"), one("VAEDecode")
+    assert widgets(loader) == {"ckpt_name": "sd_xl_refiner_1.0.safetensors"}
+    # img2img at the official strength: KSampler's denoise samples the last steps × denoise of a `steps` schedule
+    strength = pack_module("pasd_core.engine.refiner").REFINER_STRENGTH
+    assert widgets(sampler) == {"seed": widgets(pasd_sampler)["seed"], "steps": round(PIPELINE_STEPS * strength),
+                                "cfg": PIPELINE_GUIDANCE, "sampler_name": "euler", "scheduler": "ddim_uniform",
+                                "denoise": strength}
+    assert sampler["widgets_values"][1] == pasd_sampler["widgets_values"][1] == "fixed"  # the seeds stay equal
+    assert source_of(template, sampler, "model") is loader
+    encode = source_of(template, sampler, "latent_image")
+    assert encode["type"] == "VAEEncode" and source_of(template, encode, "vae") is loader
+    assert source_of(template, encode, "pixels") is pasd_decode  # PASD's decoded image, before its colour fix
+    # the prompt PASD sampled with, an empty negative, the aesthetic scores, at the decoded image's size
+    positive, negative = source_of(template, sampler, "positive"), source_of(template, sampler, "negative")
+    (prompt,) = nodes_of(template, "PASDPrompt")
+    assert source_of(template, positive, "text") is prompt and widgets(negative)["text"] == ""
+    assert (widgets(positive)["ascore"], widgets(negative)["ascore"]) == AESTHETIC_SCORES
+    size = one("GetImageSize")
+    assert source_of(template, size, "image") is pasd_decode
+    for condition in (positive, negative):
+        assert condition["type"] == "CLIPTextEncodeSDXLRefiner" and source_of(template, condition, "clip") is loader
+        assert [origin_of(template, condition, k) for k in ("width", "height")] == [(size["id"], 0), (size["id"], 1)]
+    # then the refiner's VAE, PASD Color Fix against the picture, and a Save Image of its own
+    assert source_of(template, decode, "samples") is sampler and source_of(template, decode, "vae") is loader
+    fix = one("PASDColorFix")
+    assert source_of(template, fix, "image") is decode
+    assert source_of(template, fix, "reference")["type"] == "LoadImage"
+    assert source_of(template, one("SaveImage"), "images") is fix
+    text = note_text(template)  # the Note says how to run it and where it departs from the official code
+    assert "Set Group Nodes to Always" in text and "Departs from the official code" in text
+    assert "not pixel-identical" in text and "same value as PASD's KSampler" in text
+
+
+def test_every_thumbnail_band_tells_its_template_apart():
+    """The template browser shows 256 px cards: the band's kind, family and task differ from card to card."""
+    spec = importlib.util.spec_from_file_location("make_thumbnails", ROOT / "tools" / "make_thumbnails.py")
+    thumbnails = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(thumbnails)
+    bands = {name: thumbnails.band(name, workflow)[1:] for name, workflow in ui_workflows().items()}
+    assert len(set(bands.values())) == len(bands), bands

@@ -60,6 +60,15 @@ CORE_NODES: dict[str, dict[str, Any]] = {
         "output": ["LATENT"], "display_name": "KSampler"},
     "VAEDecode": {"input": {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, "output": ["IMAGE"],
                   "display_name": "VAE Decode"},
+    # the native SDXL template's optional refiner group (test_pasd_sdxl.py --use_refiner in core nodes)
+    "VAEEncode": {"input": {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}, "output": ["LATENT"],
+                  "display_name": "VAE Encode"},
+    "CLIPTextEncodeSDXLRefiner": {"input": {"required": {
+        "ascore": ("FLOAT", {"default": 6.0}), "width": ("INT", {"default": 1024}),
+        "height": ("INT", {"default": 1024}), "text": ("STRING", {"multiline": True}), "clip": ("CLIP",)}},
+        "output": ["CONDITIONING"], "display_name": None},  # a V3 node that declares none: give it a title
+    "GetImageSize": {"input": {"required": {"image": ("IMAGE",)}}, "output": ["INT", "INT", "INT"],
+                     "display_name": "Get Image Size"},
     # the exact templates show PASD Upscale's caption output in it
     # (its front end adds a "preview" text widget, which it saves and sends with the prompt)
     "PreviewAny": {"input": {"required": {"source": ("*", {})}}, "output": [], "display_name": "Preview Any",
