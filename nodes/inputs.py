@@ -120,6 +120,7 @@ class DeclaredNode:
 
 def v3(item: Input, io: Any) -> Any:
     """The same input in ComfyUI's V3 schema; `io` is `comfy_api.latest.io`."""
-    kinds = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "COMBO": io.Combo, "IMAGE": io.Image}
+    kinds = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "BOOLEAN": io.Boolean, "COMBO": io.Combo,
+             "IMAGE": io.Image}
     kind = kinds.get(item.io_type) or io.Custom(item.io_type)
     return kind.Input(item.name, **item.options, **({"optional": True} if item.optional else {}))

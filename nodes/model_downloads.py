@@ -93,7 +93,7 @@ def _others() -> list[OfficialModel]:
                       _inside(_name(lcm), lcm.files)),
         *(OfficialModel(kind.node_input, kind.folder_name, PROMPT_FOLDER, kind.source.what, SD15,
                         (kind.download_flag,), lambda folder, fetcher, kind=kind: kind.ensure_in(folder, fetcher),
-                        _inside(kind.folder_name, (*kind.source.files, kind.added_file)))
+                        _inside(kind.folder_name, kind.markers))  # the download writes the last marker last
           for kind in (CAPTIONER, CLASSIFIER)),
     ]
 

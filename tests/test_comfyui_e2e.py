@@ -184,7 +184,8 @@ def test_pack_loads_with_its_nodes_and_models(comfyui):
                                        f"checkpoints/{SDXL_FILE}", "checkpoints/toonyou_beta6.safetensors"]
     assert loader["style_model"][0] == ["none", SDXL_FILE, "toonyou_beta6.safetensors"]
     optional = comfyui.object_info("PASDModelLoader")["input"]["optional"]
-    assert optional["vae"][0] == ["none"] and "vae" in comfyui.object_info("PASDModelLoader")["input_order"]["optional"]
+    assert optional["vae"][0] == ["none", "sdxl-vae-fp16-fix"]  # the official one listed before it is fetched
+    assert "vae" in comfyui.object_info("PASDModelLoader")["input_order"]["optional"]
     assert "SDXL" in loader["base_model"][1]["tooltip"] and "SDXL" in loader["pasd_model"][1]["tooltip"]
 
 

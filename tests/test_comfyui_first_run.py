@@ -151,7 +151,7 @@ PREVIOUS_STARTER = ROOT / "tests" / "fixtures" / "previous_release" / "api" / f"
 def test_online_the_starter_fetches_its_models_on_first_run_and_matches_the_cli(online, tmp_path):
     """The starter as the previous release saved it (no auto_download input: its default, on), run unchanged but
     for the prompt stage (off: the download writes the real CoCa's config beside the weights, which the tiny
-    captioner cannot take; tests/test_first_run_download.py covers the captioner's fetch)."""
+    captioner cannot take; tests/test_first_run_download.py fetches the captioner through the node code)."""
     server, hub = online
     prompt = copy.deepcopy(json.loads(PREVIOUS_STARTER.read_text()))
     loader = next(k for k, n in prompt.items() if n["class_type"] == "PASDModelLoader")

@@ -189,3 +189,17 @@ def test_the_stop_button_ends_a_download_and_keeps_what_was_checked(fresh, hub, 
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         local.PASDModelLoader().load(**SD15, device="cpu", dtype="fp32")
     assert not engine_loads and not (models / "pasd" / UNET).exists()
+
+
+def test_the_captioner_is_fetched_into_models_pasd_prompt_with_its_config(fresh, monkeypatch, tmp_path):
+    _, models = fresh
+    repo = "laion/mscoco_finetuned_CoCa-ViT-L-14-laion2B-s13B-b90k"
+    with HubStub({repo: {"open_clip_pytorch_model.bin": b"\1" * 4096, "README.md": b"# CoCa\n"}}) as stub:
+        stub.point_hub_here(monkeypatch, tmp_path / "hf_home")
+        assert refusal(prompt_node.PASDPrompt, high_level_info="caption", caption_model="coca_ViT-L-14",
+                       classifier_model="none") is True
+        choices.fetch_if_missing({"caption_model": "coca_ViT-L-14"}, True)  # what PASD Prompt's run does first
+    folder = models / "pasd_prompt" / "coca_ViT-L-14"
+    assert (folder / "open_clip_pytorch_model.bin").read_bytes() == b"\1" * 4096
+    assert (folder / "open_clip_config.json").is_file() and choices.captioners_on_disk() == ["coca_ViT-L-14"]
+    assert not choices.official_missing({"caption_model": "coca_ViT-L-14"})

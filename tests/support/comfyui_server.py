@@ -70,7 +70,7 @@ class ComfyUIServer:
                         "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
         if extra_model_paths is not None:
             self.command += ["--extra-model-paths-config", str(extra_model_paths)]
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}  # never the real hub; a test may say otherwise
         self.process: subprocess.Popen | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
