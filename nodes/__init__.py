@@ -1,4 +1,4 @@
-"""The ComfyUI nodes of ComfyUI-PASD (classic node API)."""
+"""The ComfyUI nodes of ComfyUI-PASD: their classic declarations (the V3 schema is made from them, nodes/v3.py)."""
 
 from . import host
 from .color_fix import PASDColorFix

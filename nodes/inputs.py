@@ -30,6 +30,8 @@ class Input:
 def from_param(param: Param) -> Input:
     """The widget for one table entry: its type, default, range, step, choices and tooltip."""
     options: dict[str, Any] = {"default": param.default, "tooltip": param.help}
+    if param.advanced:  # folded away by front ends that know it (ComfyUI 0.38 reads it from V1 and V3 nodes)
+        options["advanced"] = True
     if param.choices is not None:
         return Input(param.name, "COMBO", {"options": list(param.choices), **options})
     # both modes' range: the LCM fast mode's (fewer steps, lower guidance) is only known once a model is loaded
@@ -119,8 +121,12 @@ class DeclaredNode:
 
 
 def v3(item: Input, io: Any) -> Any:
-    """The same input in ComfyUI's V3 schema; `io` is `comfy_api.latest.io`."""
+    """The same input in ComfyUI's V3 schema; `io` is `comfy_api.latest.io`. `advanced` is kept where the host's
+    inputs take it (0.38), dropped where they do not (0.3.64 raises on unknown keywords)."""
     kinds = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "BOOLEAN": io.Boolean, "COMBO": io.Combo,
              "IMAGE": io.Image}
     kind = kinds.get(item.io_type) or io.Custom(item.io_type)
-    return kind.Input(item.name, **item.options, **({"optional": True} if item.optional else {}))
+    options = dict(item.options)
+    if "advanced" in options and "advanced" not in inspect.signature(kind.Input.__init__).parameters:
+        del options["advanced"]
+    return kind.Input(item.name, **options, **({"optional": True} if item.optional else {}))

@@ -15,6 +15,9 @@ from .model_choices import NONE, missing_prompt_models, prompt_model_inputs
 from .model_downloads import download_problem
 
 PROMPT_PARAMS = ("prompt", "high_level_info", "added_prompt")
+# The prompt stages PASD Prompt ran with, by their models' folders: they keep those models (shared with the loaders,
+# loaded to the device by ComfyUI's model manager) alive between runs, since a V3 node keeps no instance state.
+_STAGES: dict[tuple, Any] = {}
 
 
 class PASDPrompt(DeclaredNode):
@@ -29,9 +32,6 @@ class PASDPrompt(DeclaredNode):
                        "The cleaned caption or class name of each image, one line per image (empty for none).")
     FUNCTION = "build"
     SEARCH_ALIASES = (*DeclaredNode.SEARCH_ALIASES, "caption", "coca", "prompt", "interrogate")
-
-    def __init__(self) -> None:
-        self._held: Any = None  # the last run's prompt stage: its models stay loaded between runs
 
     @classmethod
     def inputs(cls) -> list[Input]:
@@ -84,7 +84,7 @@ class PASDPrompt(DeclaredNode):
 
     def _stage(self, high_level_info: str, caption_model: str, classifier_model: str) -> Any:
         """The prompt stage with the one model `high_level_info` needs (loaded once per file and shared with every
-        node that uses it), placed where this node runs; held by the node between runs."""
+        node that uses it), placed where this node runs; held between runs (_STAGES)."""
         kind = KINDS.get(high_level_info)
         chosen = {CAPTIONER: caption_model, CLASSIFIER: classifier_model}
         folders = tuple(choices.prompt_model_path(chosen[each], each.node_input)
@@ -93,7 +93,7 @@ class PASDPrompt(DeclaredNode):
 
         from .host_models import placement, shared_prompt_stage
 
-        self._held = stage = shared_prompt_stage(*folders)
+        _STAGES[folders] = stage = shared_prompt_stage(*folders)
         stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
         return stage
 

@@ -55,6 +55,7 @@ class Param:
     auto: tuple[tuple[str, Any], ...] = ()
     families: tuple[str, ...] = (SD15, SDXL)  # the families it means something for; ignored by the others
     lcm: FastMode | None = None  # its range and default in the LCM fast mode (local runs with an LCM-LoRA)
+    advanced: bool = False  # an expert setting: folded away where the front end can (ComfyUI's "advanced" inputs)
 
     @property
     def help(self) -> str:
@@ -187,17 +188,18 @@ PARAMS: tuple[Param, ...] = (
           scope=LOCAL, min=64, max=4096, step=8, auto=((SD15, 768), (SDXL, 1280))),
     Param("latent_tile_size", int, AUTO[int],
           "Latents larger than this (squared) are sampled in tiles of this size; lower it to save memory.",
-          scope=LOCAL, min=8, max=1024, step=8, auto=((SD15, 320), (SDXL, 180))),
-    Param("latent_tile_overlap", int, 8, "Overlap between latent tiles.", scope=LOCAL, min=0, max=256, step=1),
+          scope=LOCAL, min=8, max=1024, step=8, auto=((SD15, 320), (SDXL, 180)), advanced=True),
+    Param("latent_tile_overlap", int, 8, "Overlap between latent tiles.", scope=LOCAL, min=0, max=256, step=1,
+          advanced=True),
     # PASD-SDXL starts from pure noise (official test_pasd_sdxl.py): these two mean nothing there.
     Param("added_noise_level", int, 900, "Extra noise mixed into the start latents (higher: more generated detail).",
-          scope=LOCAL, min=0, max=999, step=1, families=(SD15,)),
+          scope=LOCAL, min=0, max=999, step=1, families=(SD15,), advanced=True),
     Param("added_noise_mode", str, "official",
           "'official' adds noise as the official code does today (at the schedule's last timestep); "
           "'exact' adds it at timestep added_noise_level itself, as the paper intends.",
-          scope=LOCAL, choices=("official", "exact"), families=(SD15,)),
+          scope=LOCAL, choices=("official", "exact"), families=(SD15,), advanced=True),
     Param("color_fix", str, "wavelet", "Match the output's colours to the input: wavelet (official), adain or none.",
-          scope=LOCAL, choices=("wavelet", "adain", "none")),
+          scope=LOCAL, choices=("wavelet", "adain", "none"), advanced=True),
     # The official scripts' prompt stage (--high_level_info, caption by default): fal-ai/pasd calls its prompt an
     # additional one, so it most likely captions too; locally it needs the captioner or classifier weights.
     Param("high_level_info", str, CAPTION,
@@ -206,10 +208,10 @@ PARAMS: tuple[Param, ...] = (
           "(your prompt only).", scope=LOCAL, choices=(CAPTION, CLASSIFICATION, NO_DESCRIPTION)),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
-          choices=("auto", "cpu", "cuda", "mps")),
+          choices=("auto", "cpu", "cuda", "mps"), advanced=True),
     Param("dtype", str, "auto", "Weight precision: auto is what the official scripts use on a GPU (fp16 for SD1.5, "
           "bf16 for SDXL on CUDA; fp16 on Apple MPS) and fp32 on CPU.", scope=LOADER,
-          choices=("auto", "fp32", "fp16", "bf16")),
+          choices=("auto", "fp32", "fp16", "bf16"), advanced=True),
     # The official second task (--control_type grayscale): colorization with the pasd_color checkpoint, whose
     # folder brings its own zero-terminal-SNR scheduler; the output keeps the input's size and luminance.
     Param("control_type", str, REALISR,
@@ -218,9 +220,9 @@ PARAMS: tuple[Param, ...] = (
           choices=(REALISR, GRAYSCALE), families=(SD15,)),
     Param("style_strength", float, 1.0,
           "How much of the personalized model replaces the PASD UNet's SD weights (1.0 = replace).",
-          scope=LOADER, min=0.0, max=1.0, step=0.05),
+          scope=LOADER, min=0.0, max=1.0, step=0.05, advanced=True),
     Param("lora_strength", float, 1.0, "Multiplier of the LoRA weights (the official PASD demo used 0.6).",
-          scope=LOADER, min=-4.0, max=4.0, step=0.05),
+          scope=LOADER, min=-4.0, max=4.0, step=0.05, advanced=True),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}

@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from support.comfyui import SHIPPED, WORKFLOWS, api_workflows, pack_module
-from support.comfyui_server import ComfyUIServer, require
+from support.comfyui_server import ComfyUIServer, combo_options, require
 from support.hub_repos import tiny_official_repos
 from support.hub_stub import HubStub
 from support.paths import FIXTURES, ROOT
@@ -97,9 +97,9 @@ def test_a_fresh_install_lists_the_templates_with_thumbnails(fresh):
 
 def test_a_fresh_install_offers_the_official_models_in_its_lists(fresh):
     loader = fresh.object_info("PASDModelLoader")["input"]
-    assert loader["required"]["pasd_model"][0][0] == "pasd/checkpoint-100000"
-    assert loader["required"]["base_model"][0][0] == "diffusers/stable-diffusion-v1-5"
-    assert loader["optional"]["caption_model"][0] == ["coca_ViT-L-14", "none"]
+    assert combo_options(loader["required"]["pasd_model"])[0] == "pasd/checkpoint-100000"
+    assert combo_options(loader["required"]["base_model"])[0] == "diffusers/stable-diffusion-v1-5"
+    assert combo_options(loader["optional"]["caption_model"]) == ["coca_ViT-L-14", "none"]
     assert loader["optional"]["auto_download"][1]["default"] is True
     for node_type in ("PASDModelLoader", "PASDUpscale", "PASDUpscaleFal", "PASDColorFix"):
         assert len(fresh.object_info(node_type)["description"]) > 40

@@ -166,7 +166,8 @@ def test_inputs_convert_to_the_v3_schema_with_the_same_options():
 
     for item in local.PASDUpscale.inputs():
         kind, name, options = inputs.v3(item, FakeIO())
-        assert name == item.name and options == item.options
+        # `advanced` only where the host's V3 inputs take it (tests/test_v3_nodes.py); this fake's do not
+        assert name == item.name and options == {k: v for k, v in item.options.items() if k != "advanced"}
         expected = {"INT": "Int", "FLOAT": "Float", "STRING": "String", "COMBO": "Combo", "IMAGE": "Image"}
         assert kind == expected.get(item.io_type, item.io_type)
 
@@ -376,8 +377,8 @@ def test_inside_comfyui_models_pasd_is_registered_after_paths_from_extra_model_p
     host.register_model_folder()
     assert comfyui.folder_paths.get_folder_paths("pasd") == ["/shared/models/pasd", str(models_dir / "pasd")]
     assert host.in_comfyui() and host.torch_device() == "cpu" and host.preferred_dtype("cpu") == "fp32"
-    assert local.PASDModelLoader.INPUT_TYPES()["required"]["pasd_model"][0] == ["pasd/checkpoint-100000",
-                                                                                 "pasd_light/checkpoint-120000"]
+    assert local.PASDModelLoader.INPUT_TYPES()["required"]["pasd_model"][0] == [
+        "pasd/checkpoint-100000", "pasd_light/checkpoint-120000", "pasd_sdxl/checkpoint-200000"]
 
 
 # --- PASD-SDXL through the loader node ---------------------------------------------------------------
@@ -486,6 +487,7 @@ def test_prompt_node_builds_the_text_the_official_script_encoded(monkeypatch, tm
     recorded = json.loads((CAPTION_CASES / name / "case.json").read_text())
     params = recorded["params"]
     prompt_node = pack_module("nodes.prompt").PASDPrompt
+    monkeypatch.setattr(pack_module("nodes.prompt"), "_STAGES", {})  # this test's models only
     node = prompt_node()
     image = as_image_batch(Image.open(CAPTION_CASES / name / "input.png"))
     values = {"prompt": params["prompt"], "family": recorded["family"], "high_level_info": "caption",
@@ -495,9 +497,10 @@ def test_prompt_node_builds_the_text_the_official_script_encoded(monkeypatch, tm
     assert prompt == recorded["official_prompt"]
     clean_caption = pack_module("pasd_core.prompt.stage").clean_caption
     assert caption == clean_caption(recorded["caption"], recorded["family"])  # cleaned as the official script does
-    loaded = node._held.captioner
-    node.build(image, **values)
-    assert node._held.captioner is loaded  # loaded once per file and shared, held by the node
+    stages = pack_module("nodes.prompt")._STAGES
+    (loaded,) = [stage.captioner for stage in stages.values() if stage.captioner is not None]
+    prompt_node().build(image, **values)  # a V3 node keeps no instance: another one, as ComfyUI 0.38 runs it
+    assert [stage.captioner for stage in stages.values() if stage.captioner is not None] == [loaded]  # held, shared
     assert next(iter(loaded.model.parameters())).device.type == "cpu"
 
 
@@ -505,8 +508,10 @@ def test_prompt_node_refuses_a_missing_or_unchosen_model_once(monkeypatch, tmp_p
     FakeComfyUI(make_models_dir(tmp_path / "models")).install(monkeypatch)
     prompt_node = pack_module("nodes.prompt").PASDPrompt
     choices = pack_module("nodes.model_choices")
-    with pytest.raises(choices.ModelsMissing, match="caption_model 'coca_ViT-L-14' is not in models/pasd_prompt"):
-        prompt_node.VALIDATE_INPUTS("caption", "coca_ViT-L-14", "none")
+    with pytest.raises(choices.ModelsMissing, match="- caption_model 'coca_ViT-L-14': the CoCa captioner"):
+        prompt_node.VALIDATE_INPUTS("caption", "coca_ViT-L-14", "none")  # offline (conftest): the short refusal
+    with pytest.raises(choices.ModelsMissing, match="caption_model 'my_coca' is not in models/pasd_prompt"):
+        prompt_node.VALIDATE_INPUTS("caption", "my_coca", "none")
     with pytest.raises(choices.ModelsMissing, match="needs classifier_model, which is none"):
         prompt_node.VALIDATE_INPUTS("classification", "none", "none")
     assert prompt_node.VALIDATE_INPUTS("none", "none", "none") is True

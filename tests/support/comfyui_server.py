@@ -160,6 +160,11 @@ class ComfyUIServer:
                 for image in entry["outputs"][node_id]["images"]]
 
 
+def combo_options(spec: list) -> list:
+    """A dropdown's choices as /object_info serves them: a V1 list, or the V3 schema's ("COMBO", {"options": ...})."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def interrupted_message(entry: dict[str, Any]) -> dict[str, Any] | None:
     """The `execution_interrupted` message of a /history entry, if the prompt was interrupted."""
     for kind, message in entry["status"].get("messages", []):
