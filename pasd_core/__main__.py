@@ -238,6 +238,9 @@ def _run_local(args: argparse.Namespace, image: Any, plan: Any, loader: dict[str
 
     bars: list[Any] = []  # the progress bar opens once the prompt is shown, so the notes come first
 
+    for line in plan.ignored:
+        _note(line)
+
     def show_prompt(prompts: list[Any]) -> None:
         if plan["high_level_info"] != NO_DESCRIPTION:
             _note(f"{plan['high_level_info']}: {prompts[0].description!r}")

@@ -265,6 +265,15 @@ def test_one_progress_tick_per_denoising_step_of_every_image(comfyui):
     assert comfyui.calls == []  # the node frees nothing: ComfyUI's model manager places the models
 
 
+def test_a_cpu_run_says_once_what_it_will_take_and_names_the_fal_node(comfyui, caplog):
+    pipeline = FakePipeline(steps=4)  # on the CPU
+    with caplog.at_level(logging.WARNING):
+        local.PASDUpscale().upscale(as_image_batch(*[Image.new("RGB", (8, 8))] * 2), pipeline, **sampler_values())
+    said = [r.getMessage() for r in caplog.records if "running on the CPU" in r.getMessage()]
+    assert len(said) == 1 and "the first of 8 denoising steps took" in said[0] and "PASD Upscale (fal)" in said[0]
+    assert comfyui.ticks == 8  # every step still ticks the bar
+
+
 def test_real_engine_ticks_match_count_steps(comfyui, pasd):
     image, params, _ = case("B_tiled_x2")
     settings = sampler_values(**{**params, "steps": 10})

@@ -111,3 +111,14 @@ def test_planned_work_is_checked_from_sizes_alone():
         plan.check_work(4096, 4096)
     assert RunPlan.build(FAST_SETTINGS, family=SD15).check_work(16, 16) == FAST_SETTINGS["steps"]
     assert plan_module.SEED_SPACE == 2**64
+
+
+def test_a_setting_the_run_ignores_is_said_not_refused():
+    """Colorization keeps the input's size: a saved workflow with scale 2 still runs, and the run says so."""
+    from pasd_core.engine.plan import RunPlan
+    from pasd_core.params import GRAYSCALE
+
+    assert RunPlan.build({"scale": 2}, family="sd15", control_type=GRAYSCALE).ignored == [
+        "scale=2 is ignored: colorization keeps the input's size (set scale to 1)"]
+    assert RunPlan.build({"scale": 1}, family="sd15", control_type=GRAYSCALE).ignored == []
+    assert RunPlan.build({"scale": 2}, family="sd15").ignored == []

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import params as table
 from ..model_family import require_lcm_family
-from ..params import REALISR, ParamError
+from ..params import GRAYSCALE, REALISR, ParamError
 from ..prompt.stage import PromptSettings
 from .work_limits import check_planned_work, denoising_calls
 
@@ -73,6 +73,15 @@ class RunPlan(Mapping):
         s = self.settings
         return PromptSettings(s["high_level_info"], s["prompt"], s["added_prompt"], s["negative_prompt"], self.family,
                               self.control_type)
+
+    @property
+    def ignored(self) -> list[str]:
+        """The settings this run ignores, each as a sentence that says why: a saved workflow keeps running, and the
+        user learns that the value does nothing (ComfyUI shows a widget whether it applies or not)."""
+        s, notes = self.settings, []
+        if self.control_type == GRAYSCALE and s["scale"] != 1:
+            notes.append(f"scale={s['scale']} is ignored: colorization keeps the input's size (set scale to 1)")
+        return notes
 
     # -- the planned work of an input size ----------------------------------------------------------------------------
     def denoising_calls(self, width: int, height: int) -> int:
