@@ -17,13 +17,14 @@ from .model_choices import NONE, base_model_choices
 from .model_downloads import download_problem
 
 
-def base_model_path(choice: str) -> str:
-    """A base_model choice, `diffusers/<folder>` or `checkpoints/<file>`, resolved inside that models folder."""
+def base_model_path(choice: str, input_name: str = "base_model") -> str:
+    """A base_model (or refiner) choice, `diffusers/<folder>` or `checkpoints/<file>`, resolved inside that models
+    folder."""
     kind, _, name = choice.partition("/") if isinstance(choice, str) else ("", "", "")
     if kind not in ("diffusers", "checkpoints"):
-        raise table.ParamError(f"base_model {repr(choice)[:120]} should start with diffusers/ or checkpoints/: "
+        raise table.ParamError(f"{input_name} {repr(choice)[:120]} should start with diffusers/ or checkpoints/: "
                                "pick one from the list.")
-    return host.model_path(kind, name, folder=kind == "diffusers", input_name="base_model")
+    return host.model_path(kind, name, folder=kind == "diffusers", input_name=input_name)
 
 
 def optional_path(kind: str, choice: str, input_name: str) -> str | None:
@@ -93,18 +94,24 @@ class PASDModelLoader(DeclaredNode):
             # optional and after vae, so workflows saved before them keep their widget positions
             replace(from_param(table.BY_NAME["control_type"]), optional=True),
             *choices.prompt_model_inputs(),
+            combo("refiner", choices.refiner_choices(),
+                  "Optional SDXL refiner (stabilityai/stable-diffusion-xl-refiner-1.0 as a diffusers folder in "
+                  "models/diffusers), PASD-SDXL only: test_pasd_sdxl.py --use_refiner, a seeded img2img pass at "
+                  "strength 0.1 after decoding. Departs from the official code, whose refiner step crashes and is "
+                  "unseeded; none (default) runs as the official script without it.", optional=True),
             choices.auto_download_input(),
         )
 
     @classmethod
     def VALIDATE_INPUTS(cls, pasd_model: str, base_model: str, style_model: str, lora: str,  # noqa: N802
                         lcm_lora: str = NONE, vae: str = NONE, control_type: str = table.REALISR,
-                        caption_model: str = NONE, classifier_model: str = NONE, auto_download: bool = True) -> bool:
+                        caption_model: str = NONE, classifier_model: str = NONE, refiner: str = NONE,
+                        auto_download: bool = True) -> bool:
         """Before the run (ComfyUI calls this instead of its own list check for these inputs): an official model that
         is not on disk passes when this run can fetch it, else all of them are refused in one short message; any
         other model that is not on disk is named with its folder, where to get it and the download command, each
         once (choices.refuse); colorization on a checkpoint that cannot do it is refused from its configs."""
-        chosen = _downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model, classifier_model)
+        chosen = _downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model, classifier_model, refiner)
         fetchable = choices.official_missing(chosen)
         pasd_absent = pasd_model not in choices.pasd_models_on_disk()
         problems = [
@@ -120,17 +127,19 @@ class PASDModelLoader(DeclaredNode):
             None if vae == NONE or choices.on_disk_or_fetchable("vae", vae, fetchable) else
             choices.missing_file("vae", "vae", vae),
             *choices.missing_prompt_models(caption_model, classifier_model, fetchable),
+            None if refiner == NONE or choices.on_disk_or_fetchable("refiner", refiner, fetchable) else
+            choices.missing_refiner(refiner),
             download_problem(fetchable, auto_download, choices.family_hint(pasd_model)),
             None if pasd_absent else control_type_problem(pasd_model, control_type),
         ]
         return choices.refuse(problems)
 
     def load(self, pasd_model: str, base_model: str, style_model: str, lora: str, lcm_lora: str = NONE, vae: str = NONE,
-             caption_model: str = NONE, classifier_model: str = NONE, auto_download: bool = True,
-             **params: Any) -> tuple[Any]:
+             caption_model: str = NONE, classifier_model: str = NONE, refiner: str = NONE,
+             auto_download: bool = True, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
         choices.fetch_if_missing(_downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model,
-                                                      classifier_model), auto_download)
+                                                      classifier_model, refiner), auto_download)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]
         dtype = host.preferred_dtype(device) if settings["dtype"] == "auto" else settings["dtype"]
         paths = (host.model_path(host.PASD_FOLDER, pasd_model, folder=True, input_name="pasd_model"),
@@ -145,15 +154,16 @@ class PASDModelLoader(DeclaredNode):
             control_type=settings["control_type"],
             prompt_stage=shared_prompt_stage(choices.prompt_model_path(caption_model, "caption_model"),
                                              choices.prompt_model_path(classifier_model, "classifier_model")),
+            refiner=None if refiner == NONE else base_model_path(refiner, "refiner"),
             placement=placement(),
         )
         return (pipeline,)
 
 
 def _downloadable_inputs(pasd_model: str, base_model: str, lcm_lora: str, vae: str, caption_model: str,
-                         classifier_model: str) -> dict[str, str]:
+                         classifier_model: str, refiner: str = NONE) -> dict[str, str]:
     return {"pasd_model": pasd_model, "base_model": base_model, "lcm_lora": lcm_lora, "vae": vae,
-            "caption_model": caption_model, "classifier_model": classifier_model}
+            "caption_model": caption_model, "classifier_model": classifier_model, "refiner": refiner}
 
 
 class PASDUpscale(DeclaredNode):

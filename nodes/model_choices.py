@@ -9,8 +9,10 @@ to a file.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from ..pasd_core.errors import ModelNotFoundError
 from ..pasd_core.prompt.folders import CAPTIONER, CLASSIFIER, PROMPT_FOLDER
@@ -52,6 +54,19 @@ def vaes_on_disk() -> list[str]:
     return [*folders, *(f for f in host.model_files("vae") if not any(f.startswith(d + "/") for d in folders))]
 
 
+def refiners_on_disk() -> list[str]:
+    """diffusers/<folder> of models/diffusers whose model_index.json asks for aesthetic scores: SDXL refiners."""
+    found = []
+    for name in host.model_dirs("diffusers", ("model_index.json",)):
+        try:
+            index = json.loads(Path(host.model_path("diffusers", name, folder=True), "model_index.json").read_text())
+        except (OSError, ValueError, ModelNotFoundError):
+            continue
+        if isinstance(index, dict) and index.get("requires_aesthetics_score") is True:
+            found.append(f"diffusers/{name}")
+    return found
+
+
 def captioners_on_disk() -> list[str]:
     return host.model_dirs(PROMPT_FOLDER, CAPTIONER.markers)
 
@@ -61,8 +76,8 @@ def classifiers_on_disk() -> list[str]:
 
 
 ON_DISK = {"pasd_model": pasd_models_on_disk, "base_model": bases_on_disk, "vae": vaes_on_disk,
-           "lcm_lora": lambda: host.model_files("loras"), CAPTIONER.node_input: captioners_on_disk,
-           CLASSIFIER.node_input: classifiers_on_disk}
+           "refiner": refiners_on_disk, "lcm_lora": lambda: host.model_files("loras"),
+           CAPTIONER.node_input: captioners_on_disk, CLASSIFIER.node_input: classifiers_on_disk}
 
 
 def _offered(input_name: str) -> list[str]:
@@ -86,6 +101,11 @@ def vae_choices() -> list[str]:
 
 def lcm_lora_choices() -> list[str]:
     return [NONE, *_offered("lcm_lora")]
+
+
+def refiner_choices() -> list[str]:
+    """none, the SDXL refiners of models/diffusers, then the official one before it is fetched."""
+    return [NONE, *_offered("refiner")]
 
 
 def captioner_choices() -> list[str]:
@@ -176,6 +196,12 @@ def missing_file(input_name: str, kind: str, name: str) -> str:
                   f"{download_command('sdxl')})")
     return (f"{input_name} {name!r} is not in {_where(kind)}: put that file there{source} and press R in ComfyUI "
             f"to refresh the lists, or pick {NONE} to run without it.")
+
+
+def missing_refiner(name: str) -> str:
+    return (f"refiner {name!r} is not in {_where('diffusers')}: the SDXL refiner goes there as a diffusers folder "
+            f"(stable-diffusion-xl-refiner-1.0 from https://huggingface.co/stabilityai/stable-diffusion-xl-refiner-1.0"
+            f"), or run: {download_command('sdxl', extra='--refiner')}; then press R in ComfyUI. Or pick {NONE}.")
 
 
 def missing_prompt_model(input_name: str, name: str) -> str:

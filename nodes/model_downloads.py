@@ -25,9 +25,10 @@ from . import host
 
 AUTO_DOWNLOAD = "auto_download"  # the loaders' switch
 AUTO_DOWNLOAD_TOOLTIP = ("On a first run, fetch the official models this node needs that are not on disk yet (PASD "
-                         "checkpoints, bases, captioner/classifier, LCM-LoRA, fp16-fix VAE) from Hugging Face into "
-                         "ComfyUI's models folders, each file checked against the hub's checksum; progress shows in "
-                         "the bar and the console. Off: a missing model is refused with the command that fetches it.")
+                         "checkpoints, bases, captioner/classifier, LCM-LoRA, fp16-fix VAE, SDXL refiner) from "
+                         "Hugging Face into ComfyUI's models folders, each file checked against the hub's checksum; "
+                         "progress shows in the bar and the console. Off: a missing model is refused with the command "
+                         "that fetches it.")
 _PROBE_SECONDS = 3.0
 PACK_DIR = Path(__file__).resolve().parent.parent  # where `python -m pasd_core` runs
 
@@ -83,8 +84,11 @@ def _inside(folder: str, files: Iterable[str]) -> tuple[str, ...]:
 
 
 def _others() -> list[OfficialModel]:
-    lcm, vae = download.LCM_LORA, download.FP16_FIX_VAE
+    lcm, vae, refiner = download.LCM_LORA, download.FP16_FIX_VAE, download.REFINER
     return [
+        OfficialModel("refiner", f"diffusers/{_name(refiner)}", "diffusers", refiner.what, SDXL, ("--refiner",),
+                      lambda folder, fetcher: download.ensure_refiner(folder, fetcher),
+                      _inside(_name(refiner), refiner.files)),
         OfficialModel("vae", _name(vae), "vae", vae.what, SDXL, ("--fp16-fix-vae",),
                       lambda folder, fetcher: download.ensure_fp16_fix_vae(folder, fetcher),
                       _inside(_name(vae), vae.files)),

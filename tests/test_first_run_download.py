@@ -203,3 +203,28 @@ def test_the_captioner_is_fetched_into_models_pasd_prompt_with_its_config(fresh,
     assert (folder / "open_clip_pytorch_model.bin").read_bytes() == b"\1" * 4096
     assert (folder / "open_clip_config.json").is_file() and choices.captioners_on_disk() == ["coca_ViT-L-14"]
     assert not choices.official_missing({"caption_model": "coca_ViT-L-14"})
+
+
+def test_the_sdxl_refiner_is_a_loader_input_fetched_like_the_others(fresh, engine_loads, monkeypatch):
+    _, models = fresh
+    declared = local.PASDModelLoader.INPUT_TYPES()["optional"]
+    assert declared["refiner"][0] == ["none", "diffusers/stable-diffusion-xl-refiner-1.0"]
+    assert list(declared)[-2:] == ["refiner", "auto_download"]  # after every older input: saved widgets keep places
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sdxl = {**SD15, "pasd_model": "pasd_sdxl/checkpoint-200000", "base_model": "diffusers/stable-diffusion-xl-base-1.0"}
+    message = refusal(local.PASDModelLoader, **sdxl, refiner="diffusers/stable-diffusion-xl-refiner-1.0")
+    assert "- refiner 'diffusers/stable-diffusion-xl-refiner-1.0': the SDXL 1.0 refiner, into" in message
+    assert "download --family sdxl --refiner --models-dir" in message
+    assert "refiner 'diffusers/mine' is not in models/diffusers" in refusal(local.PASDModelLoader, **sdxl,
+                                                                            refiner="diffusers/mine")
+    # a refiner on disk (its model_index.json asks for aesthetic scores) is listed and reaches the engine
+    folder = models / "diffusers" / "my-refiner"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"requires_aesthetics_score": true}')
+    assert "diffusers/my-refiner" in local.PASDModelLoader.INPUT_TYPES()["optional"]["refiner"][0]
+    assert "diffusers/my-refiner" not in choices.official_choices("refiner")
+    for part in ("pasd/pasd/checkpoint-100000", "diffusers/stable-diffusion-v1-5"):  # on disk: nothing to fetch
+        (models / part).parent.mkdir(parents=True, exist_ok=True)
+        (models / part).symlink_to(CHECKPOINTS / part.split("/", 1)[1], target_is_directory=True)
+    local.PASDModelLoader().load(**SD15, refiner="diffusers/my-refiner", device="cpu", dtype="fp32")
+    assert Path(engine_loads["refiner"]) == folder

@@ -407,9 +407,11 @@ def newer_widget_defaults(declaration: dict[str, Any], node: dict[str, Any], slo
     """The defaults of the optional widgets a node gained after `node` was saved (none when it has every value)."""
     optional = declaration["input"].get("optional", {})
     newer = slots[len(node.get("widgets_values", [])):]
-    if not newer or not all(name in optional and "default" in optional[name][1] for name in newer):
+    if not newer or not all(name in optional for name in newer):
         return []
-    return [optional[name][1]["default"] for name in newer]
+    # a widget's default, or a dropdown's first choice (the front end's default for a combo without one)
+    return [optional[name][1]["default"] if "default" in optional[name][1] else optional[name][0][0]
+            for name in newer]
 
 
 def ui_to_api(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
