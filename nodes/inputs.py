@@ -40,6 +40,7 @@ def from_param(param: Param) -> Input:
             options[key] = param.kind(value)
     if param.auto and param.kind is int:  # the widget must accept 0, the "auto" value, below the real range
         options["min"] = AUTO[int]
+        options["display_name"] = f"{param.name} (0 = auto)"  # the label; the input keeps its name
     if param.multiline:
         options["multiline"] = True
         options["placeholder"] = placeholder(param)
@@ -72,8 +73,9 @@ def socket(name: str, io_type: str, tooltip: str | None = None) -> Input:
 
 
 def classic(item: Input) -> tuple:
-    """The INPUT_TYPES entry for `item`: dropdowns as a list of choices, others as (TYPE, options)."""
-    options = dict(item.options)
+    """The INPUT_TYPES entry for `item`: dropdowns as a list of choices, others as (TYPE, options). A label
+    (`display_name`) is the V3 schema's alone."""
+    options = {k: v for k, v in item.options.items() if k != "display_name"}
     if item.io_type == "COMBO":
         return (options.pop("options"), options)
     return (item.io_type, options)

@@ -76,11 +76,12 @@ def test_the_output_tells_the_ram_cache_its_weights_and_its_models(monkeypatch, 
 
 def test_the_loader_and_pasd_prompt_share_one_captioner_and_its_patcher(monkeypatch, models_dir):
     comfyui = host(monkeypatch, models_dir, "0.3.64")
+    monkeypatch.setattr(prompt_nodes, "_STAGES", {})  # this test's stages only
     (pipeline,) = exact.PASDModelLoader().load(*LOADER, device="cpu", dtype="fp32", caption_model="coca_tiny")
     node = prompt_nodes.PASDPrompt()
     prompt, captions = node.build(batch(3), "sd15", "coca_tiny", "none", prompt="", high_level_info="caption",
                                   added_prompt="auto")
-    stage = node._held
+    (stage,) = prompt_nodes._STAGES.values()
     assert stage.captioner is pipeline.prompt_stage.captioner  # one CoCa in memory for both nodes
     assert stage.placement.patchers[placement.CAPTIONER] is pipeline.models.placement.patchers[placement.CAPTIONER]
     assert len(captions.splitlines()) == 3

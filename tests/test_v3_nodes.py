@@ -24,7 +24,7 @@ def fake_io(host: str) -> types.SimpleNamespace:
         def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
                      max=None, step=None, control_after_generate=None, multiline=False, placeholder=None,
                      options=None):
-            self.id, self.optional, self.options = id, optional, {
+            self.id, self.display_name, self.optional, self.options = id, display_name, optional, {
                 k: v for k, v in dict(tooltip=tooltip, default=default, min=min, max=max, step=step, options=options,
                                       control_after_generate=control_after_generate, placeholder=placeholder).items()
                 if v is not None}
@@ -129,3 +129,12 @@ def test_execute_runs_the_classic_function():
     classic = pack.NODE_CLASS_MAPPINGS["PASDColorFix"]
     (expected,) = getattr(classic(), classic.FUNCTION)(image=image, reference=image, method="adain")
     assert torch.equal(fixed, expected)
+
+
+def test_a_widget_where_0_means_auto_says_so_in_its_label():
+    """The label only (ComfyUI 0.3.64's front end, 1.27.10, still shows the name: seen once in its e2e server); the
+    input keeps its name, so prompts and saved workflows are unchanged."""
+    upscale = nodes_on("0.3.64")["PASDUpscale"].define_schema()
+    labels = {i.id: i.display_name for i in upscale.inputs if i.display_name}
+    assert labels == {"process_size": "process_size (0 = auto)", "latent_tile_size": "latent_tile_size (0 = auto)"}
+    assert "display_name" not in pack.NODE_CLASS_MAPPINGS["PASDUpscale"].INPUT_TYPES()["required"]["process_size"][1]
