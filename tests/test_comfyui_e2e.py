@@ -65,6 +65,7 @@ PASD_LIGHT = str(CHECKPOINTS / "pasd_light" / "checkpoint-120000")
 SDXL_BASE = str(SDXL_CHECKPOINTS / "stable-diffusion-xl-base-1.0")
 PASD_SDXL = str(SDXL_CHECKPOINTS / "pasd_sdxl" / "checkpoint-200000")
 SDXL_FILE = "sd_xl_base_1.0.safetensors"  # a tiny SDXL single file, named as the download a user puts there
+PREVIOUS_RELEASE = ROOT / "tests" / "fixtures" / "previous_release"  # the templates as the last release shipped them
 FAST = {"steps": 10, "process_size": 64}  # the tiny models' size; a few seconds per image on CPU
 PASD_COLOR = str(PROMPT_FIXTURES / "checkpoints" / "pasd_color" / "checkpoint-180000")
 REFINER_TEMPLATE = "PASD SDXL upscale x2 (native)"  # its SDXL refiner group is bypassed as shipped
@@ -269,6 +270,18 @@ def test_the_frontend_loads_each_ui_workflow_into_its_api_copy(comfyui, tmp_path
         assert loaded[name]["prompt"] == api, name
     refiner_types = {n["class_type"] for n in loaded[UNBYPASSED]["prompt"].values()}
     assert {"CLIPTextEncodeSDXLRefiner", "VAEEncode", "GetImageSize"} <= refiner_types
+
+
+def test_the_frontend_loads_the_previous_releases_workflows_with_todays_nodes(comfyui, tmp_path):
+    """Saved before the loaders gained refiner and auto_download: the front end keeps every saved value and gives
+    the new widgets their defaults, which is what today's API copy of the same graph would say."""
+    require(shutil.which("chromium"), "Chromium for the front-end check", "apt-get install -y chromium")
+    previous = {p.stem: json.loads(p.read_text()) for p in sorted(PREVIOUS_RELEASE.glob("*.json"))}
+    with Chromium(shutil.which("chromium"), tmp_path / "profile") as chromium:
+        loaded = frontend_prompts(COMFYUI_PYTHON, chromium, comfyui, previous)
+    for name, workflow in previous.items():
+        assert loaded[name]["missing"] == [] and loaded[name]["nodes"] == len(workflow["nodes"]), name
+        assert loaded[name]["prompt"] == ui_to_api(workflow), name
 
 
 # --- every workflow through POST /prompt -----------------------------------------------------------
