@@ -114,11 +114,11 @@ class PASDModelLoader(DeclaredNode):
         chosen = _downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model, classifier_model, refiner)
         fetchable = choices.official_missing(chosen)
         pasd_absent = pasd_model not in choices.pasd_models_on_disk()
+        pasd_explained = pasd_absent and not choices.on_disk_or_fetchable("pasd_model", pasd_model, fetchable)
         problems = [
-            None if not pasd_absent or choices.on_disk_or_fetchable("pasd_model", pasd_model, fetchable) else
-            choices.missing_pasd_model(pasd_model),
+            choices.missing_pasd_model(pasd_model) if pasd_explained else None,
             None if choices.on_disk_or_fetchable("base_model", base_model, fetchable) else
-            choices.missing_base_model(base_model, pasd_absent),
+            choices.missing_base_model(base_model, pasd_explained),
             None if style_model in choices.optional_choices("checkpoints") else
             choices.missing_file("style_model", "checkpoints", style_model),
             None if lora in choices.optional_choices("loras") else choices.missing_file("lora", "loras", lora),
@@ -210,7 +210,6 @@ class PASDUpscale(DeclaredNode):
             outputs, prompts = pipeline.upscale_batch(inputs, plan, before_sampling=announce, on_step=step,
                                                       should_stop=should_stop)
         return images.to_batch(outputs), "\n".join(prompt.description for prompt in prompts)
-
 
 
 class CpuEstimate:

@@ -259,6 +259,13 @@ def interrupted() -> bool:
     return model_management is not None and model_management.processing_interrupted()
 
 
+def is_interruption(error: BaseException) -> bool:
+    """Whether `error` is ComfyUI's own "processing interrupted" (raised by its progress hook, among others)."""
+    model_management = _comfy("comfy.model_management")
+    kind = getattr(model_management, "InterruptProcessingException", None)
+    return kind is not None and isinstance(error, kind)
+
+
 def interruption(cause: BaseException) -> BaseException:
     """The exception that makes ComfyUI report the run as interrupted (`cause` outside ComfyUI)."""
     model_management = _comfy("comfy.model_management")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,8 @@ AUTO_DOWNLOAD_TOOLTIP = ("On a first run, fetch the official models this node ne
                          "progress shows in the bar and the console. Off: a missing model is refused with the command "
                          "that fetches it.")
 _PROBE_SECONDS = 3.0
+_PROBE_KEEP_SECONDS = 30.0
+_PROBES: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, why unreachable or None)
 PACK_DIR = Path(__file__).resolve().parent.parent  # where `python -m pasd_core` runs
 
 
@@ -124,20 +126,26 @@ def official_model(input_name: str, choice: object) -> OfficialModel | None:
 
 
 def hub_unreachable() -> str | None:
-    """Why the hub cannot be used now (offline mode, or its host does not answer within a few seconds), or None."""
+    """Why the hub cannot be used now (offline mode, or no answer within a few seconds through huggingface_hub's own
+    HTTP session, proxies included), or None. An answer is kept for half a minute: validation asks per node."""
     try:
         from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
     except ImportError:
         return "the huggingface_hub package is not installed (pip install huggingface_hub)"
     if constants.HF_HUB_OFFLINE or constants._is_true(os.environ.get("HF_HUB_OFFLINE")):
         return "HF_HUB_OFFLINE is set"
-    address = urlsplit(constants.ENDPOINT)
-    port = address.port or (443 if address.scheme == "https" else 80)
+    now, endpoint = time.monotonic(), constants.ENDPOINT
+    cached = _PROBES.get(endpoint)
+    if cached is not None and now - cached[0] < _PROBE_KEEP_SECONDS:
+        return cached[1]
     try:
-        socket.create_connection((address.hostname, port), timeout=_PROBE_SECONDS).close()
-    except OSError as error:
-        return f"{address.hostname} cannot be reached ({error.strerror or type(error).__name__})"
-    return None
+        get_session().head(endpoint, timeout=_PROBE_SECONDS)
+        answer = None
+    except Exception as error:  # any HTTP answer will do; no answer at all is what offline means here
+        answer = f"{urlsplit(endpoint).hostname} cannot be reached ({type(error).__name__})"
+    _PROBES[endpoint] = (now, answer)
+    return answer
 
 
 def download_command(family: str, variant: str | None = None, extra: str = "") -> str:
@@ -184,7 +192,12 @@ def fetch_missing(missing: Iterable[OfficialModel], should_stop: Callable[[], bo
         def on_bytes(done: int, total: int) -> None:
             if should_stop():
                 raise Interrupted("download stopped; queue again to resume")
-            show(done * 100 // max(total, 1))
+            try:
+                show(done * 100 // max(total, 1))
+            except Exception as error:  # ComfyUI's progress hook raises its interruption when Stop lands meanwhile
+                if host.is_interruption(error):
+                    raise Interrupted("download stopped; queue again to resume") from error
+                raise
 
         fetcher = HubFetcher(staging=Path(host.models_root()) / STAGING_NAME,
                              on_file=lambda line: host.log.info("PASD: %s", line), on_bytes=on_bytes,

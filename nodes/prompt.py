@@ -15,7 +15,7 @@ from .model_choices import NONE, missing_prompt_models, prompt_model_inputs
 from .model_downloads import download_problem
 
 PROMPT_PARAMS = ("prompt", "high_level_info", "added_prompt")
-# The prompt stages PASD Prompt ran with, by their models' folders: they keep those models (shared with the loaders,
+# The prompt stage PASD Prompt last ran with, by its models' folders: it keeps those models (shared with the loaders,
 # loaded to the device by ComfyUI's model manager) alive between runs, since a V3 node keeps no instance state.
 _STAGES: dict[tuple, Any] = {}
 
@@ -48,7 +48,7 @@ class PASDPrompt(DeclaredNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, high_level_info: str, caption_model: str, classifier_model: str,  # noqa: N802
-                        auto_download: bool = True) -> bool:
+                        family: str = SD15, auto_download: bool = True) -> bool:
         """Before the run: the official model high_level_info needs passes when it is on disk or this run can fetch
         it (else the short refusal); any other missing captioner or classifier is named with its folder, link and
         download command; a high_level_info whose model is set to none is refused; each once (choices.refuse)."""
@@ -56,7 +56,10 @@ class PASDPrompt(DeclaredNode):
                                              CLASSIFIER.node_input: classifier_model})
         needed = _needed(high_level_info, caption_model, classifier_model)
         problems = [*missing_prompt_models(caption_model, classifier_model, official),  # official names are valid
-                    download_problem([m for m in official if m.input_name in needed], auto_download, SD15)]
+                    download_problem([m for m in official if m.input_name in needed], auto_download,
+                                     family if family in (SD15, SDXL) else SD15)]
+        if family not in (SD15, SDXL):  # ComfyUI skips its list check for an input named here
+            problems.append(f"family={family!r} is not allowed: use {SD15!r} or {SDXL!r}.")
         try:
             table.BY_NAME["high_level_info"].check(high_level_info)  # ComfyUI skips its list check for this input
         except table.ParamError as error:
@@ -93,6 +96,7 @@ class PASDPrompt(DeclaredNode):
 
         from .host_models import placement, shared_prompt_stage
 
+        _STAGES.clear()  # one at a time, as a classic node held its last one: an unused model is let go
         _STAGES[folders] = stage = shared_prompt_stage(*folders)
         stage.placement = placement()(stage.parts(), torch.device(host.torch_device()))
         return stage

@@ -313,7 +313,7 @@ def test_the_download_command_checks_the_files_it_finds_and_replaces_a_damaged_o
     damaged.write_bytes(bytes(data))
     assert main(["download", "--models-dir", str(tmp_path)]) == 0
     assert damaged.read_bytes() == content(UNET)
-    assert f"{UNET} in {tmp_path / 'pasd'} differs from the hub's copy: fetched again" in capsys.readouterr().err
+    assert f"{UNET} in {tmp_path / 'pasd'} differs from the hub's copy: fetching it again" in capsys.readouterr().err
     assert not any(p.is_file() for p in (tmp_path / ".pasd_download").rglob("*") if ".cache" not in p.parts)
 
 
@@ -323,3 +323,30 @@ def test_offline_the_download_command_keeps_the_files_it_finds(monkeypatch, tmp_
     assert main(["download", "--models-dir", str(tmp_path)]) == 0
     assert "could not check" in capsys.readouterr().err
     assert (tmp_path / "pasd" / UNET).is_file()
+
+
+def test_a_file_that_differs_is_replaced_only_by_a_checked_copy(tmp_path, hub, capsys):
+    """The re-check never deletes first: when the hub's copy cannot come, the command fails and says the file in place
+    is unchecked, and nothing is reported as kept."""
+    assert main(["download", "--models-dir", str(tmp_path)]) == 0
+    damaged = tmp_path / "pasd" / UNET
+    data = bytearray(damaged.read_bytes())
+    data[0] ^= 1
+    damaged.write_bytes(bytes(data))
+    hub.misbehave("yangtao9009/PASD", UNET, Fault("fail", status=503))
+    assert main(["download", "--models-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "differ from the hub's copy and could not be fetched again" in error and "unchecked" in error
+    assert damaged.read_bytes() == bytes(data)  # left as it was, not deleted
+
+
+def test_progress_counts_a_file_once_however_many_bars_the_client_opens():
+    """huggingface_hub's Xet path opens two bars over the same bytes: the furthest is what counts."""
+    from pasd_core.weights.hub_fetch import _bar_class
+
+    seen = []
+    bar = _bar_class(seen.append)
+    first, second = bar(total=1000, disable=True), bar(total=1000, disable=True)
+    first.update(500)
+    second.update(500)
+    assert max(seen) == 500

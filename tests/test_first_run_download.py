@@ -228,3 +228,28 @@ def test_the_sdxl_refiner_is_a_loader_input_fetched_like_the_others(fresh, engin
         (models / part).symlink_to(CHECKPOINTS / part.split("/", 1)[1], target_is_directory=True)
     local.PASDModelLoader().load(**SD15, refiner="diffusers/my-refiner", device="cpu", dtype="fp32")
     assert Path(engine_loads["refiner"]) == folder
+
+
+def test_a_copy_cut_short_is_missing_for_every_loader(fresh, monkeypatch):
+    """The marker files alone (a download stopped before the weights) do not make a model present."""
+    _, models = fresh
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = models / "pasd" / "pasd" / "checkpoint-100000"
+    for part in ("unet", "controlnet"):
+        (checkpoint / part).mkdir(parents=True)
+        (checkpoint / part / "config.json").write_text("{}")
+    assert "pasd/checkpoint-100000" in choices.pasd_models_on_disk()  # listed, as ComfyUI would list it
+    assert "- pasd_model 'pasd/checkpoint-100000'" in refusal(native.PASDAdapterLoader,
+                                                               pasd_model="pasd/checkpoint-100000")
+    assert "- pasd_model 'pasd/checkpoint-100000'" in refusal(local.PASDModelLoader, **SD15)
+
+
+def test_the_refusals_name_the_right_family_and_no_command_that_is_not_there(fresh, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = refusal(local.PASDModelLoader, **{**SD15, "base_model": "diffusers/mine"})
+    assert "base_model 'diffusers/mine' is not in" in message and "command above" not in message
+    sdxl_prompt = refusal(prompt_node.PASDPrompt, high_level_info="caption", caption_model="coca_ViT-L-14",
+                          classifier_model="none", family="sdxl")
+    assert "download --family sdxl --captioner" in sdxl_prompt
+    assert "family='sd21' is not allowed" in refusal(prompt_node.PASDPrompt, high_level_info="none",
+                                                      caption_model="none", classifier_model="none", family="sd21")

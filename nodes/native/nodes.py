@@ -60,9 +60,9 @@ class PASDAdapterLoader(DeclaredNode):
     def VALIDATE_INPUTS(cls, pasd_model: str, auto_download: bool = True) -> bool:  # noqa: N802
         """Before the run, as PASD Model Loader: an official checkpoint not on disk passes when this run can fetch
         it, else the short refusal; any other missing name gets its folder, link and download command."""
-        if pasd_model in choices.pasd_models_on_disk():
+        fetchable = choices.official_missing({"pasd_model": pasd_model})  # a copy cut short counts as missing
+        if not fetchable and pasd_model in choices.pasd_models_on_disk():
             return True
-        fetchable = choices.official_missing({"pasd_model": pasd_model})
         return choices.refuse([download_problem(fetchable, auto_download, choices.family_hint(pasd_model))
                                if fetchable else choices.missing_pasd_model(pasd_model)])
 
