@@ -4,7 +4,9 @@ The captioner is open_clip's real `coca_ViT-L-14` (built with `open_clip.create_
 parameter then seeded, since open_clip leaves the decoder's text_projection as torch.empty), written as a captioner
 folder (open_clip_config.json as the download writes it, open_clip_model.safetensors) and loaded by the pack's
 `load_captioner`; `caption` is the official search (6 beams in 3 groups, up to 30 tokens). Random weights seldom
-emit <end_of_text>, so the search usually runs the full 30 tokens: the worst case. The classifier is torchvision's
+emit <end_of_text>, so the search usually runs the full 30 tokens: the worst case. A second caption row times the
+search as it ran before it encoded the image once (one copy per beam through the vision tower, as open_clip's
+generate does), in the same run, and says whether the tokens are identical. The classifier is torchvision's
 ResNet-50 with tests/support/prompt_models.py's seeded weights, loaded by `load_classifier`. The run is
 `PASDPipeline.upscale` of the medium-size random-weight PASD-SD1.5 (tests/support/medium_checkpoint.py, built once into
 --cache) at scale 1 with high_level_info "none", CPU fp32. Each call is timed once, loading excluded, as the first
@@ -90,6 +92,20 @@ def timed_caption(captioner, image) -> tuple[list[int], float]:
     return tokens, seconds
 
 
+def timed_caption_encoding_per_beam(captioner, image) -> tuple[list[int], float]:
+    """timed_caption as the search ran before it encoded the image once: one copy per beam through the vision tower
+    (open_clip's generate), so the two rows of one run compare the change."""
+    coca = caption_search.coca
+    encode = coca.image_embeddings
+
+    def per_beam(model, one_image):
+        beams = caption_search.SearchSettings().num_beams
+        return encode(model, torch.repeat_interleave(one_image, beams, dim=0))[:1]
+
+    with mock.patch.object(coca, "image_embeddings", per_beam):
+        return timed_caption(captioner, image)
+
+
 def parameters(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.0f}M"
 
@@ -117,6 +133,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pasd-bench-prompt-") as work:
         captioner = load_captioner(write_coca_folder(Path(work) / "coca"))
+        before_tokens, before_seconds = timed_caption_encoding_per_beam(captioner, image)
         tokens, caption_seconds = timed_caption(captioner, image)
         coca = parameters(captioner.model)
         del captioner
@@ -130,6 +147,10 @@ def main() -> None:
          f"{caption_seconds / run_seconds:.2f}",
          f"{len(tokens)} of {caption_search.SearchSettings().seq_len} tokens (with <start_of_text>"
          f"{', <end_of_text>)' if ended else '); no <end_of_text>: the full search'}"],
+        ["caption as before: one image copy per beam", f"{before_seconds:.1f}",
+         f"{before_seconds / run_seconds:.2f}",
+         f"now {caption_seconds / before_seconds:.2f}x of it; tokens "
+         f"{'identical' if before_tokens == tokens else 'DIFFER'}"],
         [f"classification (ResNet-50, {parameters(classifier.model)} parameters)", f"{classify_seconds:.2f}",
          f"{classify_seconds / run_seconds:.3f}", "top class of 1000"]])
 

@@ -116,6 +116,20 @@ def test_caption_is_the_official_scripts_caption(captioner, name):
     assert captioner.caption(image) == data["caption"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_image_encoded_once_gives_every_beam_what_open_clips_batch_of_copies_gives(seed):
+    """The search encodes the image once and shares it; open_clip's generate encodes one copy per beam. Bit-identical
+    here (one process, one machine); the captions above and the seeded searches against open_clip's generate check
+    the tokens across machines."""
+    from pasd_core.prompt.open_clip_coca import image_embeddings
+
+    model, image = seeded_coca(seed, 0.0), seeded_image(seed)
+    with torch.no_grad():
+        once = torch.repeat_interleave(image_embeddings(model, image), 6, dim=0)
+        copies = image_embeddings(model, torch.repeat_interleave(image, 6, dim=0))
+    assert torch.equal(once, copies)
+
+
 def test_caption_is_deterministic_and_several_words(captioner):
     image = case_image("P1_sd15_caption")
     first = captioner.caption(image)

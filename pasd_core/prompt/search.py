@@ -167,8 +167,8 @@ def generate_caption_tokens(model: torch.nn.Module, image: torch.Tensor, **overr
     settings = SearchSettings(**overrides)
     groups = [BeamGroup(index, settings, coca.pad_token(model)) for index in range(settings.num_beam_groups)]
     with torch.no_grad():
-        # every beam sees the same image; encoded once, in the beams' batch as open_clip does
-        image_embs = coca.image_embeddings(model, torch.repeat_interleave(image, settings.num_beams, dim=0))
+        # every beam sees the same image: encoded once and shared (open_clip encodes num_beams copies of it)
+        image_embs = torch.repeat_interleave(coca.image_embeddings(model, image), settings.num_beams, dim=0)
         tokens = torch.full((settings.num_beams, 1), settings.sot, dtype=torch.long, device=image.device)
         beam_scores = torch.full((settings.num_beams,), _HELD_BACK_SCORE, dtype=torch.float, device=image.device)
         beam_scores[::settings.group_size] = 0
