@@ -21,6 +21,7 @@ from pasd_core.errors import ModelError
 from pasd_core.prompt.folders import CAPTIONER, CAPTIONER_CONFIG, CATEGORIES_FILE, CLASSIFIER, CLASSIFIER_WEIGHTS
 from pasd_core.prompt.models import load_captioner, load_classifier
 from pasd_core.prompt.search import decode_caption, generate_caption_tokens
+from support.coca_reference import FullRecompute
 from support.paths import ROOT, TINY_COCA, case_data
 from support.seeding import numpy_noise
 
@@ -128,6 +129,37 @@ def test_the_image_encoded_once_gives_every_beam_what_open_clips_batch_of_copies
         once = torch.repeat_interleave(image_embeddings(model, image), 6, dim=0)
         copies = image_embeddings(model, torch.repeat_interleave(image, 6, dim=0))
     assert torch.equal(once, copies)
+
+
+@pytest.mark.parametrize("eos_gain", [0.0, 1.5, 3.0])  # no end, some beams ending (padding after), early ends
+def test_the_cached_decoder_gives_the_full_recomputes_tokens(monkeypatch, eos_gain):
+    """Token for token, over seeded models whose searches end early, late or never (finished groups run on padding,
+    which the text tower's mask hides)."""
+    from pasd_core.prompt import search
+
+    for seed in range(12):
+        model, image = seeded_coca(seed, eos_gain), seeded_image(seed)
+        cached = generate_caption_tokens(model, image)
+        with monkeypatch.context() as patch:
+            patch.setattr(search, "CachedDecoder", FullRecompute)
+            assert generate_caption_tokens(model, image) == cached, seed
+
+
+def test_the_cached_logits_match_the_full_recompute_to_float_rounding():
+    """Measured here: at most 4e-6 apart on logits of size 10 (only the order of the attention's sums differs); the
+    tolerance leaves 25x of room for another CPU's rounding."""
+    from pasd_core.prompt.coca_cache import CachedDecoder
+    from pasd_core.prompt.open_clip_coca import image_embeddings, next_token_logits
+
+    model, image = seeded_coca(3, 0.0), seeded_image(3)
+    tokens = torch.tensor([[49406, 320, 0, 1125, 0, 0, 530]] * 2)  # with padding ids, which the mask hides
+    with torch.no_grad():
+        embs = torch.repeat_interleave(image_embeddings(model, image), 2, dim=0)
+        decoder = CachedDecoder(model, embs, model.pad_id)
+        for length in range(1, tokens.shape[1] + 1):
+            cached = decoder.step(tokens[:, length - 1])
+            full = next_token_logits(model, embs, tokens[:, :length])
+            assert torch.allclose(cached, full, rtol=0, atol=1e-4), length
 
 
 def test_caption_is_deterministic_and_several_words(captioner):

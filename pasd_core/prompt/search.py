@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import open_clip_coca as coca
+from .coca_cache import CachedDecoder
 
 if TYPE_CHECKING:
     import torch
@@ -172,19 +173,25 @@ def generate_caption_tokens(model: torch.nn.Module, image: torch.Tensor, **overr
         tokens = torch.full((settings.num_beams, 1), settings.sot, dtype=torch.long, device=image.device)
         beam_scores = torch.full((settings.num_beams,), _HELD_BACK_SCORE, dtype=torch.float, device=image.device)
         beam_scores[::settings.group_size] = 0
+        # open_clip runs the whole sequence through the model at every step; the cache runs the new token only
+        decoder = CachedDecoder(model, image_embs, coca.pad_token(model))
+        logits = decoder.step(tokens[:, -1])
         while True:
-            # open_clip runs the whole sequence through the model at every step (no cache)
-            logits = no_end_before(coca.next_token_logits(model, image_embs, tokens), tokens.shape[-1], settings)
+            logits = no_end_before(logits, tokens.shape[-1], settings)
             next_tokens = torch.zeros(settings.num_beams, dtype=torch.long, device=image.device)
+            order = torch.arange(settings.num_beams, device=image.device)
             for group in groups:
                 rows = group.rows
                 scores, words, sources = group.advance(tokens[rows], logits[rows], beam_scores[rows])
                 beam_scores[rows] = scores
                 tokens[rows] = tokens[rows][sources]
+                order[rows] = order[rows][sources]
                 next_tokens[rows] = words
             tokens = torch.cat([tokens, next_tokens.unsqueeze(-1)], dim=-1)
             if settings.stops(groups, tokens.shape[-1]):
                 break
+            decoder.reorder(order)
+            logits = decoder.step(next_tokens)
         return best_caption(groups, tokens, beam_scores, settings)
 
 
