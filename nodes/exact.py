@@ -161,7 +161,7 @@ class PASDModelLoader(DeclaredNode):
 
 
 def _downloadable_inputs(pasd_model: str, base_model: str, lcm_lora: str, vae: str, caption_model: str,
-                         classifier_model: str, refiner: str = NONE) -> dict[str, str]:
+                         classifier_model: str, refiner: str) -> dict[str, str]:
     return {"pasd_model": pasd_model, "base_model": base_model, "lcm_lora": lcm_lora, "vae": vae,
             "caption_model": caption_model, "classifier_model": classifier_model, "refiner": refiner}
 

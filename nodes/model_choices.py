@@ -25,8 +25,8 @@ from .model_downloads import (
     download_command,
     fetch_missing,
     official_choices,
+    official_model,
 )
-from .model_downloads import official_model as official_model
 
 NONE = "none"
 # The same test as pasd_core.weights.pasd_folder.is_pasd_checkpoint, without importing torch to fill a dropdown.
@@ -137,7 +137,7 @@ def fetch_if_missing(chosen: Mapping[str, str], auto_download: bool) -> None:
             fetch_missing(fetchable, should_stop)
 
 
-def on_disk_or_fetchable(input_name: str, choice: str, fetchable: list[OfficialModel]) -> bool:
+def on_disk_or_fetchable(input_name: str, choice: str, fetchable: Iterable[OfficialModel]) -> bool:
     """Whether `choice` can be used: on disk, or an official model this run fetches (a part of one is not enough)."""
     if any(m.choice == choice for m in fetchable if m.input_name == input_name):
         return True
@@ -227,9 +227,9 @@ def prompt_model_inputs(optional: bool = True) -> list[Input]:
 
 
 def missing_prompt_models(caption_model: str, classifier_model: str,
-                          fetchable: list[OfficialModel] | tuple = ()) -> list[str | None]:
+                          fetchable: Iterable[OfficialModel] = ()) -> list[str | None]:
     """Why each prompt-model choice cannot be used (neither on disk nor fetched on first use), or None."""
-    return [None if choice == NONE or on_disk_or_fetchable(name, choice, list(fetchable)) else
+    return [None if choice == NONE or on_disk_or_fetchable(name, choice, fetchable) else
             missing_prompt_model(name, choice)
             for name, choice in ((CAPTIONER.node_input, caption_model), (CLASSIFIER.node_input, classifier_model))]
 

@@ -70,15 +70,10 @@ def _listed_pasd_models() -> list[OfficialModel]:
 
 
 def _bases() -> list[OfficialModel]:
-    return [OfficialModel("base_model", f"diffusers/{_name(source)}", "diffusers", source.what, family, (),
+    return [OfficialModel("base_model", f"diffusers/{source.repo_name}", "diffusers", source.what, family, (),
                           lambda folder, fetcher, family=family: download.ensure_base(folder, family, fetcher),
-                          _inside(_name(source), source.files))
+                          _inside(source.repo_name, source.files))
             for family, source in download.BASES.items()]
-
-
-def _name(source: download.HubFiles) -> str:
-    """The folder a repository's files go in: its name (stable-diffusion-v1-5), as the download names it."""
-    return source.repo_id.split("/")[1]
 
 
 def _inside(folder: str, files: Iterable[str]) -> tuple[str, ...]:
@@ -88,15 +83,15 @@ def _inside(folder: str, files: Iterable[str]) -> tuple[str, ...]:
 def _others() -> list[OfficialModel]:
     lcm, vae, refiner = download.LCM_LORA, download.FP16_FIX_VAE, download.REFINER
     return [
-        OfficialModel("refiner", f"diffusers/{_name(refiner)}", "diffusers", refiner.what, SDXL, ("--refiner",),
+        OfficialModel("refiner", f"diffusers/{refiner.repo_name}", "diffusers", refiner.what, SDXL, ("--refiner",),
                       lambda folder, fetcher: download.ensure_refiner(folder, fetcher),
-                      _inside(_name(refiner), refiner.files)),
-        OfficialModel("vae", _name(vae), "vae", vae.what, SDXL, ("--fp16-fix-vae",),
+                      _inside(refiner.repo_name, refiner.files)),
+        OfficialModel("vae", vae.repo_name, "vae", vae.what, SDXL, ("--fp16-fix-vae",),
                       lambda folder, fetcher: download.ensure_fp16_fix_vae(folder, fetcher),
-                      _inside(_name(vae), vae.files)),
-        OfficialModel("lcm_lora", f"{_name(lcm)}/{lcm.files[0]}", "loras", lcm.what, SD15, ("--lcm-lora",),
+                      _inside(vae.repo_name, vae.files)),
+        OfficialModel("lcm_lora", f"{lcm.repo_name}/{lcm.files[0]}", "loras", lcm.what, SD15, ("--lcm-lora",),
                       lambda folder, fetcher: download.ensure_lcm_lora(folder, fetcher),
-                      _inside(_name(lcm), lcm.files)),
+                      _inside(lcm.repo_name, lcm.files)),
         *(OfficialModel(kind.node_input, kind.folder_name, PROMPT_FOLDER, kind.source.what, SD15,
                         (kind.download_flag,), lambda folder, fetcher, kind=kind: kind.ensure_in(folder, fetcher),
                         _inside(kind.folder_name, kind.markers))  # the download writes the last marker last

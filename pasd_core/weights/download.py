@@ -27,6 +27,11 @@ class HubFiles:
     what: str  # for messages: "the PASD 'pasd' checkpoint"
 
     @property
+    def repo_name(self) -> str:
+        """The folder the download gives a whole repository's files: its name (stable-diffusion-v1-5)."""
+        return self.repo_id.split("/")[1]
+
+    @property
     def any_step(self) -> bool:
         return self.folder.endswith("checkpoint-*")
 
@@ -170,12 +175,12 @@ def ensure_base(models_dir: str | Path, family: str = SD15, fetcher: HubFetcher 
     source = BASES[family]
     hint = (" An SD1.5 single-file checkpoint (.safetensors) works as a base too." if family == SD15 else
             " An SDXL base single-file checkpoint (.safetensors, with both text encoders) works as a base too.")
-    return ensure_files(source, Path(models_dir) / source.repo_id.split("/")[1], hint, fetcher)
+    return ensure_files(source, Path(models_dir) / source.repo_name, hint, fetcher)
 
 
 def ensure_fp16_fix_vae(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """madebyollin/sdxl-vae-fp16-fix as a diffusers VAE folder in `models_dir` (ComfyUI's models/vae)."""
-    return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_id.split("/")[1], fetcher=fetcher)
+    return ensure_files(FP16_FIX_VAE, Path(models_dir) / FP16_FIX_VAE.repo_name, fetcher=fetcher)
 
 
 # The SDXL refiner of test_pasd_sdxl.py --use_refiner (its --pretrained_refiner_path), the parts diffusers'
@@ -190,7 +195,7 @@ REFINER = HubFiles("stabilityai/stable-diffusion-xl-refiner-1.0", "", REFINER_FI
 
 def ensure_refiner(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """The SDXL refiner as a diffusers folder in `models_dir` (ComfyUI's models/diffusers), downloaded if absent."""
-    return ensure_files(REFINER, Path(models_dir) / REFINER.repo_id.split("/")[1], fetcher=fetcher)
+    return ensure_files(REFINER, Path(models_dir) / REFINER.repo_name, fetcher=fetcher)
 
 
 # The LoRA of the official LCM fast mode (test_pasd.py --use_lcm_lora; SD1.5 only), into ComfyUI's models/loras.
@@ -200,5 +205,5 @@ LCM_LORA = HubFiles("latent-consistency/lcm-lora-sdv1-5", "", ("pytorch_lora_wei
 
 def ensure_lcm_lora(models_dir: str | Path, fetcher: HubFetcher | None = None) -> Path:
     """The LCM-LoRA file in `models_dir` (ComfyUI's models/loras), under lcm-lora-sdv1-5/, downloaded if absent."""
-    folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_id.split("/")[1], fetcher=fetcher)
+    folder = ensure_files(LCM_LORA, Path(models_dir) / LCM_LORA.repo_name, fetcher=fetcher)
     return folder / LCM_LORA.files[0]
