@@ -210,9 +210,15 @@ def main() -> None:
     # a few steps of a real sampler through the patched model: the patches hold across steps and batches
     noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=generator)
     sampler, scheduler = ("uni_pc_bh2", "karras") if layout.family != SDXL else ("euler", "normal")
+    embedded = []  # PASD's conditioning embedding runs once per control image, not once per step
+    hint_block = adapter.control.control_model.input_hint_block
+    counting = hint_block[0].register_forward_hook(lambda module, args, output: embedded.append(1))
     with torch.no_grad():
         sampled = comfy.sample.sample(patched, noise, 3, CFG, sampler, scheduler, positive, negative,
                                       torch.zeros_like(noise), denoise=1.0, disable_pbar=True, seed=0)
+    counting.remove()
+    figures["condition_embeddings_in_3_steps"] = len(embedded)
+    figures["embedding_kept_after_sampling"] = hint_block._last is not None
     figures["sampled_shape"] = list(sampled.shape)
     figures["sampled_finite"] = bool(torch.isfinite(sampled).all())
     figures["refusals"] = refusals(patched, model, positive, negative, image, adapter, NoVAE())

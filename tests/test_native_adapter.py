@@ -55,6 +55,9 @@ def test_patched_model_call_matches_engine(variant: str) -> None:
     assert figures["adapter_unloaded"], figures
     assert figures["max_abs_diff_after_reload"] < TOLERANCE, figures
     assert figures["sampled_finite"] and figures["sampled_shape"] == [1, 4, 8, 8], figures
+    # the control image's embedding is computed once for the whole sampling (not per step) and let go after it
+    assert figures["condition_embeddings_in_3_steps"] == 1, figures
+    assert not figures["embedding_kept_after_sampling"], figures
     assert figures["base_unpatched_after_plain_run"], "the object patches leaked into the unpatched MODEL"
     refusals = figures["refusals"]
     assert "already carries a PASD adapter" in refusals["applied_twice"], refusals

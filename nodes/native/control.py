@@ -82,6 +82,13 @@ class PASDControl(comfy.controlnet.ControlNet):
         transformer_options[RESIDUALS] = None if own is None else PixelResiduals(own["output"])
         return add_controls(own, theirs)
 
+    def cleanup(self) -> None:
+        """End of a sampling: the embedding kept for its control image goes too."""
+        hint_block = getattr(self.control_model, "input_hint_block", None)
+        if isinstance(hint_block, EmbeddedOnce):
+            hint_block.forget()
+        super().cleanup()
+
     def copy(self) -> "PASDControl":
         copied = PASDControl(None, global_average_pooling=self.global_average_pooling,
                              load_device=self.load_device, manual_cast_dtype=self.manual_cast_dtype)
@@ -91,15 +98,37 @@ class PASDControl(comfy.controlnet.ControlNet):
         return copied
 
 
+class EmbeddedOnce(openaimodel.TimestepEmbedSequential):
+    """PASD's conditioning embedding, computed once per control image rather than at every step: ComfyUI's ControlNet
+    hands every step of a sampling the same `cond_hint` tensor, and the embedding reads that alone (convolutions: no
+    timestep, no text), so its output is reused while the very same tensor comes back. Kept until `forget` (PASD
+    Control's cleanup, at the end of each sampling), so a new image or batch is always embedded anew."""
+
+    def __init__(self, *layers: torch.nn.Module) -> None:
+        super().__init__(*layers)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (the hint, its embedding)
+
+    def forward(self, hint: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._last is not None and self._last[0] is hint:  # held here, so the identity cannot be reused
+            return self._last[1]
+        embedded = super().forward(hint, *args, **kwargs)
+        self._last = (hint, embedded)
+        return embedded
+
+    def forget(self) -> None:
+        self._last = None
+
+
 def _hint_block(layout: PASDLayout, channels: list[int], ops: Any, dtype: torch.dtype, device: Any) -> Any:
-    """PASD's conditioning embedding (conv_in, blocks, conv_out; SiLU between) as ComfyUI's input_hint_block."""
+    """PASD's conditioning embedding (conv_in, blocks, conv_out; SiLU between) as ComfyUI's input_hint_block, embedded
+    once per control image."""
     conv = functools.partial(ops.conv_nd, 2, kernel_size=3, padding=1, dtype=dtype, device=device)
     layers = [conv(layout.config["conditioning_channels"], channels[0]), torch.nn.SiLU()]
     for channels_in, channels_out in zip(channels[:-1], channels[1:], strict=False):
         layers += [conv(channels_in, channels_in), torch.nn.SiLU(),
                    conv(channels_in, channels_out, stride=2), torch.nn.SiLU()]
     layers.append(conv(channels[-1], layout.config["block_out_channels"][0]))
-    return openaimodel.TimestepEmbedSequential(*layers)
+    return EmbeddedOnce(*layers)
 
 
 def _ldm_keys(ldm_config: dict[str, Any], state: dict[str, torch.Tensor], hint_convs: int) -> dict[str, str]:
