@@ -1,5 +1,5 @@
 """GPU tier: half precision against fp32 (also in the LCM fast mode), the memory and time of fal's job (SDXL, 1024² →
-2048², ×2, 25 steps), and SD1.5's time at 25 steps against LCM at 4.
+2048², ×2, 25 steps), SD1.5's time at 25 steps against LCM at 4, and the colour fix on the GPU against the CPU.
 
 Skipped without a CUDA GPU. On a GPU machine (the figures are printed, hence -s):
     .venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py
@@ -199,3 +199,17 @@ def test_time_per_image_25_steps_against_lcm_4_steps():
         assert image.size == (2 * PARITY_INPUT[SD15],) * 2
     side = PARITY_INPUT[SD15]
     print(f"\nSD1.5 {side}² → {2 * side}², {dtype} on {torch.cuda.get_device_name(DEVICE)}: " + "; ".join(lines))
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain"])
+def test_colour_fix_on_the_gpu_agrees_with_the_cpu(method):
+    """The sampler fixes colours on its own device: within 1 level of the CPU's (the parity standard)."""
+    from PIL import Image
+
+    from pasd_core.engine.color import color_fix
+
+    target, reference = photo(2048), photo(1024).resize((1024, 1024), Image.BICUBIC)
+    cpu = np.asarray(color_fix(target, reference, method), np.int16)
+    gpu = np.asarray(color_fix(target, reference, method, DEVICE), np.int16)
+    assert np.abs(cpu - gpu).max() <= 1
+

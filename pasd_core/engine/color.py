@@ -132,19 +132,22 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(_to_uint8(image[0].permute(1, 2, 0)).cpu().numpy())
 
 
-def color_fix(target: Image.Image, reference: Image.Image, method: str) -> Image.Image:
-    """Colour-correct a PIL image against a PIL reference (resized to the target's size if needed)."""
+def color_fix(target: Image.Image, reference: Image.Image, method: str,
+              device: torch.device | str = "cpu") -> Image.Image:
+    """Colour-correct a PIL image against a PIL reference (resized to the target's size if needed), computing on
+    `device` (the sampler's: a GPU blurs a 2048² image in milliseconds; the CPU took about 1.5 s)."""
     _check_method(method)
     if method == "none":
         return target
     if method == "adain":
-        return tensor_to_pil(color_fix_tensor(pil_to_tensor(target), pil_to_tensor(reference), method))
+        fixed = color_fix_tensor(pil_to_tensor(target).to(device), pil_to_tensor(reference).to(device), method)
+        return tensor_to_pil(fixed)
     # wavelet, channel by channel from uint8 to uint8: a few one-channel float buffers at a time
     target_pixels = np.asarray(target.convert("RGB"))
     reference_pixels = np.asarray(reference.convert("RGB"))
     fixed = np.empty_like(target_pixels)
     for c in range(3):
-        reference_channel = _resized(_channel_from_pil(reference_pixels, c), target_pixels.shape[:2])
-        channel = _wavelet_channel(_channel_from_pil(target_pixels, c), reference_channel, overwrite=True)
-        fixed[:, :, c] = _to_uint8(channel)[0, 0].numpy()
+        reference_channel = _resized(_channel_from_pil(reference_pixels, c).to(device), target_pixels.shape[:2])
+        channel = _wavelet_channel(_channel_from_pil(target_pixels, c).to(device), reference_channel, overwrite=True)
+        fixed[:, :, c] = _to_uint8(channel)[0, 0].cpu().numpy()
     return Image.fromarray(fixed)

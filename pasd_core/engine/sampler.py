@@ -175,5 +175,5 @@ class PASDSampler:
             return Image.fromarray(merge_chroma(np.asarray(result), np.asarray(image)))
         if refine is not None:  # drawing on the same generator, continuing its state
             result = refine(result, prompt.prompt, generator, should_stop)
-        result = color_fix(result, control_image, settings["color_fix"])
+        result = color_fix(result, control_image, settings["color_fix"], self.m.device)
         return result.resize((image.width * settings["scale"], image.height * settings["scale"]), Image.BICUBIC)
