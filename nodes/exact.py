@@ -138,6 +138,8 @@ class PASDModelLoader(DeclaredNode):
              caption_model: str = NONE, classifier_model: str = NONE, refiner: str = NONE,
              auto_download: bool = True, **params: Any) -> tuple[Any]:
         settings = table.validate(params, table.LOADER_PARAMS)
+        for line in table.ignored_loader_settings(settings, style_model=style_model != NONE, lora=lora != NONE):
+            host.log.warning("PASD: %s", line)
         choices.fetch_if_missing(_downloadable_inputs(pasd_model, base_model, lcm_lora, vae, caption_model,
                                                       classifier_model, refiner), auto_download)
         device = host.torch_device() if settings["device"] == "auto" else settings["device"]

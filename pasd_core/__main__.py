@@ -28,6 +28,7 @@ from .params import (
     ParamError,
     add_cli_flags,
     given_cli_values,
+    ignored_loader_settings,
     lcm_summary,
     validate,
 )
@@ -238,7 +239,8 @@ def _run_local(args: argparse.Namespace, image: Any, plan: Any, loader: dict[str
 
     bars: list[Any] = []  # the progress bar opens once the prompt is shown, so the notes come first
 
-    for line in plan.ignored:
+    for line in [*ignored_loader_settings(loader, style_model=bool(args.style_model), lora=bool(args.lora)),
+                 *plan.ignored]:
         _note(line)
 
     def show_prompt(prompts: list[Any]) -> None:

@@ -272,6 +272,14 @@ def for_family(settings: Mapping[str, Any], family: str) -> dict[str, Any]:
     return resolved
 
 
+def ignored_loader_settings(settings: Mapping[str, Any], *, style_model: bool, lora: bool) -> list[str]:
+    """The strengths a load ignores because their model is not given (said, not refused: saved workflows keep
+    running), each as a sentence."""
+    unused = (("style_strength", style_model, "style_model"), ("lora_strength", lora, "lora"))
+    return [f"{name}={settings[name]!r} is ignored: no {model} is loaded" for name, given, model in unused
+            if not given and settings[name] != BY_NAME[name].default]
+
+
 def fal_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The fal-ai/pasd request fields (without the image) for validated settings."""
     return {p.name: settings[p.name] for p in REMOTE_PARAMS}

@@ -117,3 +117,12 @@ def test_auto_values_are_documented_and_checked():
         validate({"process_size": 32})
     with pytest.raises(ParamError, match="latent_tile_overlap=200 must be smaller than latent_tile_size=180"):
         for_family(validate({"latent_tile_overlap": 200}), "sdxl")
+
+
+def test_a_strength_without_its_model_is_said_not_refused():
+    loader = validate({"style_strength": 0.5, "lora_strength": 0.6}, params.LOADER_PARAMS)
+    assert params.ignored_loader_settings(loader, style_model=False, lora=False) == [
+        "style_strength=0.5 is ignored: no style_model is loaded", "lora_strength=0.6 is ignored: no lora is loaded"]
+    assert params.ignored_loader_settings(loader, style_model=True, lora=True) == []
+    defaults = validate({}, params.LOADER_PARAMS)  # untouched strengths say nothing
+    assert params.ignored_loader_settings(defaults, style_model=False, lora=False) == []

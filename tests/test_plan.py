@@ -122,3 +122,8 @@ def test_a_setting_the_run_ignores_is_said_not_refused():
         "scale=2 is ignored: colorization keeps the input's size (set scale to 1)"]
     assert RunPlan.build({"scale": 1}, family="sd15", control_type=GRAYSCALE).ignored == []
     assert RunPlan.build({"scale": 2}, family="sd15").ignored == []
+    # PASD-SDXL starts from pure noise: a workflow moved from SD1.5 with its own added noise is told so
+    assert RunPlan.build({"added_noise_level": 500, "added_noise_mode": "exact"}, family="sdxl").ignored == [
+        "added_noise_level=500 is ignored: it is for SD1.5 models and this one is SDXL",
+        "added_noise_mode='exact' is ignored: it is for SD1.5 models and this one is SDXL"]
+    assert RunPlan.build({}, family="sdxl").ignored == []  # defaults say nothing

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .. import params as table
-from ..model_family import require_lcm_family
+from ..model_family import LABELS, require_lcm_family
 from ..params import GRAYSCALE, REALISR, ParamError
 from ..prompt.stage import PromptSettings
 from .work_limits import check_planned_work, denoising_calls
@@ -81,6 +81,10 @@ class RunPlan(Mapping):
         s, notes = self.settings, []
         if self.control_type == GRAYSCALE and s["scale"] != 1:
             notes.append(f"scale={s['scale']} is ignored: colorization keeps the input's size (set scale to 1)")
+        for param in table.SAMPLER_PARAMS:  # a setting of the other family (PASD-SDXL starts from pure noise)
+            if self.family not in param.families and s[param.name] != param.default:
+                notes.append(f"{param.name}={s[param.name]!r} is ignored: it is for {LABELS[param.families[0]]} "
+                             f"models and this one is {LABELS[self.family]}")
         return notes
 
     # -- the planned work of an input size ----------------------------------------------------------------------------
