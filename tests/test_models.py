@@ -99,3 +99,57 @@ def test_training_only_rgb_heads_are_never_run(tiny_pipeline, monkeypatch):
     for head in embedding.to_rgbs:
         monkeypatch.setattr(head, "forward", fail)
     pipeline.upscale(Image.new("RGB", (16, 16)), QUICK)
+
+
+def test_a_base_folders_vae_is_built_on_meta_and_read_once(tmp_path, monkeypatch):
+    """Built on the meta device (nothing initialised at random first), the file read once, the same weights as
+    diffusers' own loader gives (fp32); a folder saved before diffusers 0.14 (query/key/value/proj_attn) loads the
+    same."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from pasd_core.weights import bases
+
+    reads = []
+    real_read = bases.read_weights
+    monkeypatch.setattr(bases, "read_weights", lambda path, *a: reads.append(path) or real_read(path, *a))
+    built_on, build = [], AutoencoderKL.from_config
+    monkeypatch.setattr(AutoencoderKL, "from_config",
+                        lambda *a, **k: built_on.append(torch.get_default_device().type) or build(*a, **k))
+    vae = bases.vae_from_folder(SD15 / "vae", "sd15")
+    assert reads == [SD15 / "vae" / "diffusion_pytorch_model.safetensors"] and built_on == ["meta"]
+    monkeypatch.undo()
+    expected = AutoencoderKL.from_pretrained(str(SD15 / "vae"), low_cpu_mem_usage=False).state_dict()
+    assert vae.state_dict().keys() == expected.keys()
+    assert all(torch.equal(vae.state_dict()[k], v) and vae.state_dict()[k].dtype == torch.float32
+               for k, v in expected.items())
+
+    old = tmp_path / "vae"
+    old.mkdir()
+    (old / "config.json").write_text((SD15 / "vae" / "config.json").read_text())
+    renamed = {}
+    for key, tensor in load_file(str(SD15 / "vae" / "diffusion_pytorch_model.safetensors")).items():
+        for new, previous in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."),
+                              (".to_out.0.", ".proj_attn.")):
+            key = key.replace(new, previous) if ".attentions." in key else key
+        renamed[key] = tensor.half()  # a half-precision file comes back fp32, as from diffusers
+    assert any(".query." in key for key in renamed)
+    save_file(renamed, str(old / "diffusion_pytorch_model.safetensors"))
+    again = bases.vae_from_folder(old, "sd15").state_dict()
+    assert all(torch.equal(again[k], v.half().float()) for k, v in expected.items())
+
+
+def test_a_vae_folder_of_another_architecture_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from pasd_core.errors import ModelError
+    from pasd_core.weights import bases
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text((SD15 / "vae" / "config.json").read_text())
+    state = load_file(str(SD15 / "vae" / "diffusion_pytorch_model.safetensors"))
+    state["encoder.conv_in.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ModelError, match="VAE weight encoder.conv_in.weight has shape"):
+        bases.vae_from_folder(folder, "sd15")

@@ -16,6 +16,9 @@ from ..model_family import LABELS, SD15, SDXL
 from .base_model import BaseModel
 from .reader import CHECKPOINT_SUFFIXES, VAE_PREFIX, CheckpointFile, check_path, read_config, read_weights
 
+# The VAE attention's weight names in folders saved before diffusers 0.14 (older SD1.5 uploads still hold them).
+_OLD_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
 # What PASD reads from a diffusers base folder of each family (SDXL's scheduler comes with PASD-SDXL).
 FOLDER_PARTS = {SD15: ("text_encoder", "tokenizer", "vae", "scheduler"),
                 SDXL: ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")}
@@ -43,7 +46,6 @@ def folder_family(folder: Path) -> str | None:
 
 def load_base_folder(folder: Path, family: str = SD15) -> BaseModel:
     """A diffusers base folder of `family`, read offline."""
-    from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     found = folder_family(folder)
@@ -55,7 +57,7 @@ def load_base_folder(folder: Path, family: str = SD15) -> BaseModel:
         note = f" ({', '.join(files)}: a file, not a folder)" if files else ""
         raise ModelError(f"{folder} is not an {LABELS[family]} diffusers folder: missing {', '.join(missing)}/{note} "
                          f"(PASD needs {', '.join(FOLDER_PARTS[family])} from {EXAMPLES[family]}).")
-    for part in ("text_encoder", "text_encoder_2", "vae"):
+    for part in ("text_encoder", "text_encoder_2"):
         for weights in list((folder / part).glob("*.safetensors")):
             read_weights(weights)  # a damaged file gets a message naming it, not a loader traceback
     try:
@@ -66,8 +68,7 @@ def load_base_folder(folder: Path, family: str = SD15) -> BaseModel:
             model = model_class.from_pretrained(str(folder / name), local_files_only=True, use_safetensors=True)
             return model.eval().requires_grad_(False)
 
-        vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True,
-                                            low_cpu_mem_usage=False).eval().requires_grad_(False)
+        vae = vae_from_folder(folder / "vae", family)
         if family == SDXL:
             return BaseModel(SDXL, tokenizer("tokenizer"), encoder(CLIPTextModel, "text_encoder"), vae,
                              tokenizer_2=tokenizer("tokenizer_2"),
@@ -123,14 +124,7 @@ def load_vae(path: str | Path, family: str, config_dir: str | Path | None = None
     fix = "give a diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors) or a .safetensors file."
     if os.path.isdir(path):
         check_path(path / "config.json", "VAE config", folder=False, fix=fix)
-        for weights in path.glob("*.safetensors"):
-            read_weights(weights, "VAE weight file")  # a damaged file gets a message naming it
-        try:
-            vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                low_cpu_mem_usage=False)
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot load the VAE from {path}: {error}") from None
-        return vae.eval().requires_grad_(False)
+        return vae_from_folder(path, family)
     checkpoint = CheckpointFile(path, "VAE file")
     config_dir = Path(config_dir) if config_dir is not None else SDXL_CONFIG_DIR if family == SDXL else SD15_CONFIG_DIR
     with torch.device("meta"):
@@ -140,5 +134,32 @@ def load_vae(path: str | Path, family: str, config_dir: str | Path | None = None
         state = convert_vae_state_dict({k if k.startswith(VAE_PREFIX) else VAE_PREFIX + k: v for k, v in state.items()},
                                        vae.config)
     check_fits(vae, state, checkpoint.path, "VAE", family=LABELS[family])
+    vae.load_state_dict(state, strict=False, assign=True)
+    return vae.eval().requires_grad_(False)
+
+
+def vae_from_folder(folder: Path, family: str) -> object:
+    """A diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors): built on the meta device and its
+    weights assigned as read, so the file is read once and nothing is initialised at random first. fp32, as diffusers'
+    from_pretrained gives it (the run casts it to its own dtype)."""
+    from diffusers import AutoencoderKL
+
+    from .sd15_file import check_fits
+
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    fix = "give a diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors) or a .safetensors file."
+    check_path(weights, "VAE weight file", folder=False, fix=fix)
+    try:
+        with torch.device("meta"):
+            vae = AutoencoderKL.from_config(read_config(folder / "config.json"))
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"{folder / 'config.json'} is not a VAE config: {error}") from None
+    state = {}
+    for key, tensor in read_weights(weights, "VAE weight file").items():
+        for old, new in _OLD_ATTENTION_NAMES.items():
+            if ".attentions." in key:
+                key = key.replace(old, new)
+        state[key] = tensor.float() if tensor.is_floating_point() else tensor
+    check_fits(vae, state, weights, "VAE", family=LABELS[family])
     vae.load_state_dict(state, strict=False, assign=True)
     return vae.eval().requires_grad_(False)
