@@ -33,7 +33,7 @@ def from_param(param: Param) -> Input:
     if param.advanced:  # folded away by front ends that know it (ComfyUI 0.38 reads it from V1 and V3 nodes)
         options["advanced"] = True
     if param.choices is not None:
-        return Input(param.name, "COMBO", {"options": list(param.choices), **options})
+        return Input(param.name, "COMBO", {"options": list(param.choices), **options}, param.optional)
     # both modes' range: the LCM fast mode's (fewer steps, lower guidance) is only known once a model is loaded
     for key, value in zip(("min", "max", "step"), (*param.widget_limits(), param.step), strict=True):
         if value is not None:
@@ -46,7 +46,7 @@ def from_param(param: Param) -> Input:
         options["placeholder"] = placeholder(param)
     if param.name in SEED_NAMES:
         options["control_after_generate"] = True
-    return Input(param.name, WIDGET_TYPES[param.kind], options)
+    return Input(param.name, WIDGET_TYPES[param.kind], options, param.optional)
 
 
 def placeholder(param: Param) -> str:

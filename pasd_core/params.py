@@ -22,6 +22,8 @@ AUTO = {int: 0, str: "auto"}
 # high_level_info: how the prompt starts (the official prompt stage); control_type: the task of the loaded model.
 CAPTION, CLASSIFICATION, NO_DESCRIPTION = "caption", "classification", "none"
 REALISR, GRAYSCALE = "realisr", "grayscale"
+# speed: the official arithmetic, or the labelled fast mode (engine/tiling.py, engine/fast.py)
+EXACT, FAST = "exact", "fast"
 
 
 class ParamError(PASDError, ValueError):
@@ -56,6 +58,7 @@ class Param:
     families: tuple[str, ...] = (SD15, SDXL)  # the families it means something for; ignored by the others
     lcm: FastMode | None = None  # its range and default in the LCM fast mode (local runs with an LCM-LoRA)
     advanced: bool = False  # an expert setting: folded away where the front end can (ComfyUI's "advanced" inputs)
+    optional: bool = False  # added after the first release: a node may leave it out (its default then applies)
 
     @property
     def help(self) -> str:
@@ -206,6 +209,14 @@ PARAMS: tuple[Param, ...] = (
           "How the prompt starts, as the official PASD does: caption (a CoCa captioner describes the image; your "
           "prompt follows), classification (its ImageNet class when the classifier is at least 10% sure) or none "
           "(your prompt only).", scope=LOCAL, choices=(CAPTION, CLASSIFICATION, NO_DESCRIPTION)),
+    # Added after the first release: last of the sampler's inputs and optional in the nodes, so saved workflows keep
+    # their widget positions.
+    Param("speed", str, EXACT,
+          "exact: the official PASD arithmetic, tile layout and precision. fast (not the official numbers): latent "
+          "tiles shrunk to overlap by exactly latent_tile_overlap (the official layout overlaps far more), and the "
+          "denoiser in bf16 where the device computes it natively (CUDA GPUs, CPUs with AVX-512 BF16 or AMX); "
+          "bench/README.md gives its measured drift.", scope=LOCAL, choices=(EXACT, FAST), advanced=True,
+          optional=True),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
           choices=("auto", "cpu", "cuda", "mps"), advanced=True),

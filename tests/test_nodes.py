@@ -101,9 +101,12 @@ def test_importing_the_pack_loads_no_heavy_module():
 
 @pytest.mark.parametrize("node, params", [("PASDUpscale", "SAMPLER_PARAMS"), ("PASDUpscaleFal", "REMOTE_PARAMS")])
 def test_widgets_are_the_table_entries(node, params):
-    declared = pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"]
+    types = pack.NODE_CLASS_MAPPINGS[node].INPUT_TYPES()
+    declared = {**types["required"], **types.get("optional", {})}
     entries = getattr(table, params)
     assert [name for name in declared if name not in ("image", "pasd_model")] == [p.name for p in entries]
+    # entries added after the first release are optional (and last), so saved workflows keep their positions
+    assert set(types.get("optional", {})) == {p.name for p in entries if p.optional}
     for p in entries:
         kind, options = declared[p.name]
         assert options["default"] == p.default and options["tooltip"] == p.help
@@ -167,7 +170,8 @@ def test_inputs_convert_to_the_v3_schema_with_the_same_options():
     for item in local.PASDUpscale.inputs():
         kind, name, options = inputs.v3(item, FakeIO())
         # `advanced` only where the host's V3 inputs take it (tests/test_v3_nodes.py); this fake's do not
-        assert name == item.name and options == {k: v for k, v in item.options.items() if k != "advanced"}
+        expected_options = {k: v for k, v in item.options.items() if k != "advanced"}
+        assert name == item.name and options == {**expected_options, **({"optional": True} if item.optional else {})}
         expected = {"INT": "Int", "FLOAT": "Float", "STRING": "String", "COMBO": "Combo", "IMAGE": "Image"}
         assert kind == expected.get(item.io_type, item.io_type)
 

@@ -37,7 +37,7 @@ def test_prompt_join_without_the_prompt_stage_matches_official():
 
 def test_tiles_cover_the_latent_with_the_last_one_clamped():
     tiles = latent_tiles(16, 20, 8, 2)
-    assert {t.size for t in tiles} == {8}
+    assert {t.shape for t in tiles} == {(8, 8)}
     assert sorted({t.left for t in tiles}) == [0, 6, 12]
     assert sorted({t.top for t in tiles}) == [0, 6, 8]
     covered = np.zeros((16, 20), bool)
@@ -46,7 +46,47 @@ def test_tiles_cover_the_latent_with_the_last_one_clamped():
     assert covered.all()
     assert [(t.left, t.top) for t in tiles[:3]] == [(0, 0), (0, 6), (0, 8)]  # x outer, y inner, as official
     assert needs_tiling(16, 20, 18) is False and needs_tiling(16, 20, 8) is True
-    assert latent_tiles(6, 40, 8, 2)[0].size == 6  # never larger than the latent
+    assert latent_tiles(6, 40, 8, 2)[0].shape == (6, 6)  # never larger than the latent
+
+
+def _coverage(tiles, height, width):
+    covered = np.zeros((height, width), int)
+    for t in tiles:
+        covered[t.rows(), t.cols()] += 1
+    return covered
+
+
+@pytest.mark.parametrize("height, width, size, overlap", [
+    (256, 256, 180, 8), (16, 20, 8, 2), (100, 400, 180, 8), (97, 131, 32, 5), (40, 40, 39, 0), (64, 200, 64, 16)])
+def test_even_tiles_overlap_by_exactly_the_asked_overlap(height, width, size, overlap):
+    official, even = latent_tiles(height, width, size, overlap), latent_tiles(height, width, size, overlap, "even")
+    assert _coverage(even, height, width).min() >= 1
+    rows = sorted({(t.top, t.height) for t in even})
+    cols = sorted({(t.left, t.width) for t in even})
+    for spans, extent in ((rows, height), (cols, width)):
+        assert spans[0][0] == 0 and spans[-1][0] + spans[-1][1] == extent  # from edge to edge
+        assert max(length for _, length in spans) <= size
+        assert max(length for _, length in spans) - min(length for _, length in spans) <= 1
+        assert all(start + length - next_start == overlap  # neighbours overlap by exactly `overlap`
+                   for (start, length), (next_start, _) in zip(spans[:-1], spans[1:], strict=True))
+    if height == width:  # square latents: as many tiles as the official layout, never more area
+        assert len(even) == len(official)
+        assert sum(t.height * t.width for t in even) <= sum(t.height * t.width for t in official)
+    assert [(t.left, t.top) for t in even] == sorted((t.left, t.top) for t in even)  # x outer, y inner
+
+
+def test_even_tiles_halve_the_official_overlap_work_on_the_issues_case():
+    """A 256 latent with tiles of 180 and overlap 8: official tiles at 0 and 76 (104 latents of overlap), even ones of
+    132 at 0 and 124."""
+    assert sorted({(t.top, t.height) for t in latent_tiles(256, 256, 180, 8)}) == [(0, 180), (76, 180)]
+    assert sorted({(t.top, t.height) for t in latent_tiles(256, 256, 180, 8, "even")}) == [(0, 132), (124, 132)]
+
+
+def test_rectangular_weights_are_the_official_ones_on_a_square():
+    assert torch.equal(gaussian_weights(12, 12), gaussian_weights(12))
+    weights = gaussian_weights(6, 10)
+    assert weights.shape == (6, 10)
+    assert torch.allclose(weights[:, 0], weights[:, 9])  # columns centred at (10-1)/2
 
 
 def test_gaussian_weights_keep_the_official_off_centre_rows():

@@ -100,7 +100,7 @@ def test_on_0_38_expert_widgets_fold_away_search_finds_the_nodes_and_fal_shows_i
     nodes = nodes_on("0.38")
     upscale = nodes["PASDUpscale"].define_schema()
     advanced = {i.id for i in upscale.inputs if i.advanced}
-    assert advanced == {"latent_tile_size", "latent_tile_overlap", "added_noise_level", "added_noise_mode",
+    assert advanced == {"latent_tile_size", "latent_tile_overlap", "added_noise_level", "added_noise_mode", "speed",
                         "color_fix"}
     loader = nodes["PASDModelLoader"].define_schema()
     assert {i.id for i in loader.inputs if i.advanced} == {"style_strength", "lora_strength", "device", "dtype"}

@@ -492,7 +492,7 @@ def test_a_workflow_saved_by_the_previous_release_loads_with_todays_nodes(name):
         assert node["class_type"] in today, node["class_type"]
         added = {k: v for k, v in converted[node_id]["inputs"].items() if k not in node["inputs"]}
         assert {k: converted[node_id]["inputs"][k] for k in node["inputs"]} == node["inputs"]
-        assert added.items() <= {"refiner": "none", "auto_download": True}.items()  # the inputs added since
+        assert added.items() <= {"refiner": "none", "auto_download": True, "speed": "exact"}.items()  # added since
         declared = today[node["class_type"]]["input"]
         assert set(declared["required"]) <= set(node["inputs"]) | set(added), node["class_type"]
 

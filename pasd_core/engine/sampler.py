@@ -26,7 +26,8 @@ from . import memory
 from .color import color_fix
 from .components import Refine, SamplerModels, StepCallback, StopCheck
 from .family import TextConditioning
-from .tiling import LatentTile, gaussian_weights, latent_tiles, needs_tiling
+from .fast import run_precision
+from .tiling import LatentTile, gaussian_weights, latent_tiles, layout_for, needs_tiling
 from .work_limits import LATENT_FACTOR, colorize_size, enlarged_size, latent_multiple
 
 
@@ -64,13 +65,17 @@ class PASDSampler:
         conditioning = text.model_kwargs()
         down, mid = self.m.controlnet(latents, t, condition_embedding=embedding, conditioning_scale=conditioning_scale,
                                       return_dict=False, **conditioning)
-        return self.m.unet(latents, t, down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                           return_dict=False, **conditioning)[0]
+        noise = self.m.unet(latents, t, down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                            return_dict=False, **conditioning)[0]
+        return noise.to(latents.dtype)  # the fast mode's bf16 output back to the latents' precision
 
-    def tiles_for(self, latent_height: int, latent_width: int, tile_size: int, overlap: int) -> list[LatentTile]:
+    @staticmethod
+    def tiles_for(latent_height: int, latent_width: int, settings: Mapping[str, Any]) -> list[LatentTile]:
+        """The run's latent tiles (its layout: params' speed); one tile of the whole latent when it needs none."""
+        tile_size, overlap = settings["latent_tile_size"], settings["latent_tile_overlap"]
         if not needs_tiling(latent_height, latent_width, tile_size):
-            return [LatentTile(0, 0, 0)]  # size 0: the whole latent
-        return latent_tiles(latent_height, latent_width, tile_size, overlap)
+            return [LatentTile(0, 0, latent_height, latent_width)]
+        return latent_tiles(latent_height, latent_width, tile_size, overlap, layout_for(settings))
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, control: torch.Tensor, text: TextConditioning, settings: Mapping[str, Any],
@@ -84,34 +89,39 @@ class PASDSampler:
         # the class, so a wrapper put on the instance's step (a profiler) does not hide the parameter.
         takes_generator = "generator" in inspect.signature(type(scheduler).step).parameters
         step_kwargs = {"generator": generator} if takes_generator else {}
-        tiles = self.tiles_for(*latents.shape[-2:], settings["latent_tile_size"], settings["latent_tile_overlap"])
+        tiles = self.tiles_for(*latents.shape[-2:], settings)
+        tiled = len(tiles) > 1
         # the control image never changes during sampling: embed it once per tile, not once per step.
         # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
         # CPU convolutions round differently for different batch sizes. Paired tile by tile, so no
         # image-sized copy of the control image is held while sampling.
-        embeddings = []
-        for tile in tiles:
-            crop = self._crop(control, tile, LATENT_FACTOR)
-            embeddings.append(controlnet.embed_condition(torch.cat([crop] * 2) if guided else crop))
-        weights = None
-        if tiles[0].size:
-            # official blend: float64 weights times float32 predictions (float32 on MPS, which has no float64)
-            weight_dtype = torch.float32 if self.m.device.type == "mps" else torch.float64
-            weights = gaussian_weights(tiles[0].size).to(self.m.device, weight_dtype)
+        precision = run_precision(settings, self.m.device, self.m.dtype)
+        with precision:
+            embeddings = []
+            for tile in tiles:
+                crop = self._crop(control, tile, LATENT_FACTOR) if tiled else control
+                embeddings.append(controlnet.embed_condition(torch.cat([crop] * 2) if guided else crop))
+        # official blend: float64 weights times float32 predictions (float32 on MPS, which has no float64); one set
+        # per tile shape (official tiles are all one square; even ones differ by a latent at most)
+        weight_dtype = torch.float32 if self.m.device.type == "mps" else torch.float64
+        weights = {shape: gaussian_weights(*shape).to(self.m.device, weight_dtype)
+                   for shape in {tile.shape for tile in tiles}} if tiled else {}
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            if weights is None:
-                noise = self._predict(model_input, t, text, embeddings[0], settings["conditioning_scale"])
+            if not tiled:
+                with precision:
+                    noise = self._predict(model_input, t, text, embeddings[0], settings["conditioning_scale"])
                 self._tick(on_step, should_stop)
             else:
                 noise = torch.zeros(model_input.shape, device=model_input.device)
                 contributors = torch.zeros(model_input.shape, device=model_input.device)
                 for tile, embedding in zip(tiles, embeddings, strict=True):
-                    part = self._predict(model_input[:, :, tile.rows(), tile.cols()], t, text, embedding,
-                                         settings["conditioning_scale"])
-                    noise[:, :, tile.rows(), tile.cols()] += part * weights
-                    contributors[:, :, tile.rows(), tile.cols()] += weights
+                    with precision:
+                        part = self._predict(model_input[:, :, tile.rows(), tile.cols()], t, text, embedding,
+                                             settings["conditioning_scale"])
+                    noise[:, :, tile.rows(), tile.cols()] += part * weights[tile.shape]
+                    contributors[:, :, tile.rows(), tile.cols()] += weights[tile.shape]
                     self._tick(on_step, should_stop)
                 noise /= contributors
             if guided:
@@ -122,10 +132,8 @@ class PASDSampler:
 
     @staticmethod
     def _crop(image: torch.Tensor, tile: LatentTile, factor: int) -> torch.Tensor:
-        if not tile.size:
-            return image
-        return image[:, :, tile.top * factor:(tile.top + tile.size) * factor,
-                     tile.left * factor:(tile.left + tile.size) * factor]
+        return image[:, :, tile.top * factor:(tile.top + tile.height) * factor,
+                     tile.left * factor:(tile.left + tile.width) * factor]
 
     @staticmethod
     def _tick(on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
@@ -166,9 +174,12 @@ class PASDSampler:
         self.m.scheduler.set_timesteps(settings["steps"], device=self.m.device)
         generator = torch.Generator(device="cpu" if self.m.device.type == "mps" else self.m.device)
         generator.manual_seed(settings["seed"])
-        latents = self.initial_latents(control, generator, settings)
+        precision = run_precision(settings, self.m.device, self.m.dtype)  # bf16 in the fast mode, else nothing
+        with precision:
+            latents = self.initial_latents(control, generator, settings)
         latents = self.denoise(latents, control, text, settings, on_step, should_stop, generator)
-        result = self.decode(latents)
+        with precision:
+            result = self.decode(latents)
         if grayscale:  # no colour fix and no final resize: the result's chroma goes onto the input's luminance
             from .colorize import merge_chroma
 

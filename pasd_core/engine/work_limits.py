@@ -7,7 +7,6 @@ model loads or any pixel is resized, with a message that says what is too big an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,28 +53,25 @@ def control_size(width: int, height: int, settings: Mapping[str, Any]) -> tuple[
     return latent_multiple(*enlarged_size(width * scale, height * scale, settings["process_size"]))
 
 
-def tiles_along(extent: int, tile_size: int, overlap: int) -> int:
-    """How many tiles tiling.latent_tiles lays along one axis (stride tile_size - overlap, last one clamped)."""
-    if extent <= tile_size:
-        return 1
-    return math.ceil((extent - tile_size) / (tile_size - overlap)) + 1
-
-
-def latent_tiling(width: int, height: int, settings: Mapping[str, Any]) -> tuple[int, int]:
-    """(tile side in latents, number of tiles) the sampler uses for one image; side 0 means untiled."""
-    from .tiling import needs_tiling
+def latent_tiling(width: int, height: int, settings: Mapping[str, Any]) -> tuple[str, int]:
+    """(tile size in words, number of tiles) the sampler uses for one image; ("", 1) when untiled."""
+    from .tiling import EVEN, layout_for, needs_tiling, tiles_along
 
     control_width, control_height = control_size(width, height, settings)
     rows, cols = control_height // LATENT_FACTOR, control_width // LATENT_FACTOR
     if not needs_tiling(rows, cols, settings["latent_tile_size"]):
-        return 0, 1
-    size, overlap = min(settings["latent_tile_size"], rows, cols), settings["latent_tile_overlap"]
+        return "", 1
+    overlap = settings["latent_tile_overlap"]
+    if layout_for(settings) == EVEN:  # tiles shrink to fit: never thinner than the overlap
+        size = settings["latent_tile_size"]
+        return f"at most {size}", tiles_along(rows, size, overlap) * tiles_along(cols, size, overlap)
+    size = min(settings["latent_tile_size"], rows, cols)
     if size <= overlap:  # tiles would never advance: tiling.latent_tiles would loop forever
         raise InputImageError(
             f"a {width}×{height} input at scale {settings['scale']} is so thin that its latent tiles are only "
             f"{size} latents wide, not more than latent_tile_overlap={overlap}: lower latent_tile_overlap below "
             f"{size}, raise process_size, or crop the image.")
-    return size, tiles_along(rows, size, overlap) * tiles_along(cols, size, overlap)
+    return str(size), tiles_along(rows, size, overlap) * tiles_along(cols, size, overlap)
 
 
 def denoising_calls(width: int, height: int, settings: Mapping[str, Any]) -> int:
