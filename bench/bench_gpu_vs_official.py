@@ -203,6 +203,20 @@ def job_spec(family: str, args: argparse.Namespace) -> dict[str, Any]:
         base, pasd = MODELS[case["variant"]]
         official.update(case["official_args"], mixed_precision="no")
         image = case_dir / "input.png"
+    elif args.medium:  # the CPU comparison of the speed issue: medium PASD-SD1.5, 256² at scale 1, 20 steps, fp32
+        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+        from support.medium_checkpoint import DEFAULT_CACHE, build_medium
+        from support.paths import SD15 as SD15_BASE
+        from support.real_size import photo
+
+        base, pasd = build_medium(DEFAULT_CACHE)
+        if not (base / "feature_extractor").is_dir():  # the official SD1.5 loader reads this small config too
+            shutil.copytree(SD15_BASE / "feature_extractor", base / "feature_extractor")
+        size = args.input_size or 256
+        image = args.out.parent / f"input-medium-{size}.png"
+        photo(size).save(image)
+        official.update(upscale=1, process_size=size, num_inference_steps=args.steps or 20, seed=args.seed,
+                        mixed_precision="no")
     else:
         base, pasd = args.weights / job.base, args.weights / job.pasd
         official.update(upscale=2, num_inference_steps=args.steps or 25, seed=args.seed)
@@ -292,12 +306,14 @@ def run(args: argparse.Namespace) -> None:
     unknown = set(families) - set(JOBS)
     if unknown:
         raise SystemExit(f"--jobs: unknown {', '.join(sorted(unknown))}; use some of {', '.join(JOBS)}")
+    if args.medium and families != ["sd15"]:
+        raise SystemExit("--medium compares PASD-SD1.5 only: use --jobs sd15")
     results, log = Results(args.out), args.out.with_suffix(".log")
     work = Path(tempfile.mkdtemp(prefix="pasd-bench-"))
-    results.append({"kind": "run", "jobs": families, "device": args.device, "tiny": args.tiny,
+    results.append({"kind": "run", "jobs": families, "device": args.device, "tiny": args.tiny, "medium": args.medium,
                     "budget_s": args.budget_s, "official_commit": OFFICIAL_COMMIT,
                     "host": machine_header("bench_gpu_vs_official", ("torch",)), "started": time.ctime()})
-    if not args.tiny:
+    if not args.tiny and not args.medium:
         sizes = sorted({args.input_size or JOBS[f].size_in for f in families})
         started = time.monotonic()
         code, tail = child(args, ["weights", "--dest", str(args.weights), "--jobs", ",".join(families),
@@ -350,6 +366,9 @@ def main() -> None:
     r.add_argument("--jobs", default="sd15,sdxl")
     r.add_argument("--device", default=None, help="cuda (default), or cpu (the default with --tiny)")
     r.add_argument("--tiny", action="store_true", help="the tiny parity fixtures, fp32: a check of the bench itself")
+    r.add_argument("--medium", action="store_true",
+                   help="SD1.5 only: the medium random PASD (tests/support/medium_checkpoint.py), 256² at scale 1, 20 "
+                        "steps, fp32, one thread on the CPU: the speed issue's CPU comparison with the official code")
     r.add_argument("--steps", type=int, default=None, help="denoising steps (25; with --tiny the fixture case's)")
     r.add_argument("--sdxl-steps", type=int, default=None, help="SDXL steps actually run; the total is extrapolated")
     r.add_argument("--warmup-steps", type=int, default=2, help="steps of the warm-up call (same sizes)")
@@ -370,7 +389,7 @@ def main() -> None:
     elif args.command == "side":
         run_side(json.loads(args.spec.read_text()))
     else:
-        args.device = args.device or ("cpu" if args.tiny else "cuda")
+        args.device = args.device or ("cpu" if args.tiny or args.medium else "cuda")
         args.official, args.weights, args.out = args.official.resolve(), args.weights.resolve(), args.out.resolve()
         run(args)
 
