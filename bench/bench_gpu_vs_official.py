@@ -21,7 +21,7 @@ pixel difference between the two sides' PNGs (levels of 255) and our time over t
 Prepare here (needs git, the package registry, and a bare clone of yangxy/PASD), then run on the GPU machine:
     .venv/bin/python bench/bench_gpu_vs_official.py prepare --dest bench/.official [--mirror PATH]
     python3 bench/bench_gpu_vs_official.py run --official bench/.official --weights /tmp/pasd-weights \
-        --out $OUT/gpu_vs_official.jsonl [--jobs sd15,sdxl] [--sdxl-steps 25] [--budget-s 450]
+        --out $OUT/gpu_vs_official.jsonl --sdxl-steps 10 [--jobs sd15,sdxl] [--budget-s 450]
 `prepare` writes about 10 MB (the official tree, and wheels unpacked on first use into the temporary folder):
 carry it to the GPU machine (it travels with the working tree, or name it in `carry` after listing it in
 .git/info/exclude). `run` writes the weights first when --weights holds none (about 15 GB; the seeded draws are

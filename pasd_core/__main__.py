@@ -230,6 +230,9 @@ def _run_local(args: argparse.Namespace, image: Any, plan: Any, loader: dict[str
 
     from .engine.pipeline import PASDPipeline
 
+    for line in [*ignored_loader_settings(loader, style_model=bool(args.style_model), lora=bool(args.lora)),
+                 *plan.ignored]:  # said before the models load, which may take a while
+        _note(line)
     pipeline = PASDPipeline.from_pretrained(
         args.base_model, args.pasd_model, style_model=args.style_model, style_strength=loader["style_strength"],
         lora=args.lora, lora_strength=loader["lora_strength"], vae=args.vae, lcm_lora=args.lcm_lora,
@@ -238,10 +241,6 @@ def _run_local(args: argparse.Namespace, image: Any, plan: Any, loader: dict[str
     )
 
     bars: list[Any] = []  # the progress bar opens once the prompt is shown, so the notes come first
-
-    for line in [*ignored_loader_settings(loader, style_model=bool(args.style_model), lora=bool(args.lora)),
-                 *plan.ignored]:
-        _note(line)
 
     def show_prompt(prompts: list[Any]) -> None:
         if plan["high_level_info"] != NO_DESCRIPTION:

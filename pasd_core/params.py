@@ -214,9 +214,9 @@ PARAMS: tuple[Param, ...] = (
     Param("speed", str, EXACT,
           "exact: the official PASD arithmetic, tile layout and precision. fast (not the official numbers): latent "
           "tiles shrunk to overlap by exactly latent_tile_overlap (the official layout overlaps far more), and the "
-          "denoiser in bf16 where the device computes it natively (CUDA GPUs, CPUs with AVX-512 BF16 or AMX); "
-          "bench/README.md gives its measured drift.", scope=LOCAL, choices=(EXACT, FAST), advanced=True,
-          optional=True),
+          "networks in bf16 where the device computes it natively (CUDA GPUs from Ampere on, CPUs with AVX-512 BF16 "
+          "or AMX); bench/README.md gives its measured time and drift.", scope=LOCAL, choices=(EXACT, FAST),
+          advanced=True, optional=True),
     # Model loader.
     Param("device", str, "auto", "Where to run: auto picks CUDA, then Apple MPS, then CPU.", scope=LOADER,
           choices=("auto", "cpu", "cuda", "mps"), advanced=True),

@@ -126,3 +126,12 @@ def test_cli_runs_the_fast_mode(tmp_path, capsys, monkeypatch):
     drift = np.abs(np.asarray(Image.open(output), np.int16) -
                    np.asarray(Image.open(data["dir"] / "expected.png"), np.int16))
     assert 0 < drift.mean() <= BF16_MEAN_DRIFT
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, native", [(True, False, True), (False, True, True), (False, False, False)])
+def test_cpu_bf16_is_native_only_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native):
+    """Plain AVX-512 makes oneDNN emulate bf16 (slower, less precise): there the fast mode keeps fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert fast.native_bf16(torch.device("cpu")) is native
+    assert fast.native_bf16(torch.device("mps")) is False

@@ -177,3 +177,21 @@ def test_half_precision_runs_close_to_fp32(dtype):
     assert half_pipeline.models.unet.dtype == torch.bfloat16
     half = half_pipeline.upscale(image, QUICK)
     assert np.abs(np.asarray(full, dtype=float) - np.asarray(half, dtype=float)).mean() < 25
+
+
+def test_colour_fix_falls_back_to_the_cpu_when_the_device_runs_out_of_memory(monkeypatch):
+    from pasd_core.engine import color
+
+    target, reference = Image.new("RGB", (32, 24), (200, 30, 60)), Image.new("RGB", (16, 12), (20, 140, 90))
+    tried, real = [], color._color_fix_on
+
+    def on(target, reference, method, device):
+        tried.append(str(device))
+        if str(device) != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(target, reference, method, device)
+
+    monkeypatch.setattr(color, "_color_fix_on", on)
+    fixed = color.color_fix(target, reference, "wavelet", "cuda")
+    assert tried == ["cuda", "cpu"]
+    assert np.array_equal(np.asarray(fixed), np.asarray(real(target, reference, "wavelet", "cpu")))

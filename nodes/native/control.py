@@ -82,12 +82,20 @@ class PASDControl(comfy.controlnet.ControlNet):
         transformer_options[RESIDUALS] = None if own is None else PixelResiduals(own["output"])
         return add_controls(own, theirs)
 
+    def pre_run(self, model: Any, percent_to_timestep_function: Any) -> None:
+        """Start of a sampling: nothing kept from one that was interrupted before its cleanup."""
+        self._forget_embedding()
+        super().pre_run(model, percent_to_timestep_function)
+
     def cleanup(self) -> None:
         """End of a sampling: the embedding kept for its control image goes too."""
+        self._forget_embedding()
+        super().cleanup()
+
+    def _forget_embedding(self) -> None:
         hint_block = getattr(self.control_model, "input_hint_block", None)
         if isinstance(hint_block, EmbeddedOnce):
             hint_block.forget()
-        super().cleanup()
 
     def copy(self) -> "PASDControl":
         copied = PASDControl(None, global_average_pooling=self.global_average_pooling,

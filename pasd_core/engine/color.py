@@ -135,10 +135,21 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 def color_fix(target: Image.Image, reference: Image.Image, method: str,
               device: torch.device | str = "cpu") -> Image.Image:
     """Colour-correct a PIL image against a PIL reference (resized to the target's size if needed), computing on
-    `device` (the sampler's: a GPU blurs a 2048² image in milliseconds; the CPU took about 1.5 s)."""
+    `device` (the sampler's: a GPU blurs a 2048² image in milliseconds; the CPU took about 1.5 s). In full fp32 there
+    (no TF32, which would round the blur's inputs to 10 bits), and on the CPU when the device runs out of memory."""
     _check_method(method)
     if method == "none":
         return target
+    if torch.device(device).type == "cpu":
+        return _color_fix_on(target, reference, method, "cpu")
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            return _color_fix_on(target, reference, method, device)
+    except torch.OutOfMemoryError:
+        return _color_fix_on(target, reference, method, "cpu")
+
+
+def _color_fix_on(target: Image.Image, reference: Image.Image, method: str, device: torch.device | str) -> Image.Image:
     if method == "adain":
         fixed = color_fix_tensor(pil_to_tensor(target).to(device), pil_to_tensor(reference).to(device), method)
         return tensor_to_pil(fixed)

@@ -1,10 +1,10 @@
 """Latent tiles and their blending weights: laid out exactly as the official PASD pipeline does, or evenly (fast mode).
 
-Both layouts put the same number of tiles along an axis (the fewest tiles of at most tile_size that overlap by at least
-the asked overlap). The official one keeps every tile tile_size square and clamps the last to the edge, so the last
-two overlap by whatever is left (a 180 tile at 0 and 76 on a 256 latent: 104 latents of overlap where 8 were asked);
-the even one shrinks the tiles until neighbours overlap by exactly the asked overlap (132 at 0 and 124): less UNet
-work, other numbers.
+The official layout keeps every tile square, tile_size or the latent's short side if smaller, and clamps the last
+one to the edge, so the last two overlap by whatever is left (a 180 tile at 0 and 76 on a 256 latent: 104 latents of
+overlap where 8 were asked). The even one lays the fewest tiles of at most tile_size along each axis (as many as the
+official layout on a square latent; fewer on a long one, whose tiles may be rectangles) and shrinks them until
+neighbours overlap by exactly the asked overlap (132 at 0 and 124): less UNet work, other numbers.
 """
 
 from __future__ import annotations
