@@ -102,3 +102,29 @@ def test_really_compiled_pipeline_stays_within_one_level(tiny_pipeline):
     for _ in range(2):  # the second run reuses the compiled graphs
         got = np.asarray(pipeline.upscale(picture(), SETTINGS), dtype=np.int16)
         assert np.abs(got - expected).max() <= 1
+
+
+@pytest.mark.parametrize("variant", ["pasd", "pasd_light"])
+def test_the_denoising_call_traces_into_one_graph_each_with_no_break(tiny_pipeline, variant):
+    """What torch.compile sees of one step: the ControlNet and the UNet, PACA's forward hooks included, are each one
+    graph with no graph break (dynamo inlines the hooks), so compiling loses nothing to Python fallbacks."""
+    models = tiny_pipeline(variant).models
+    unet, controlnet = models.unet, models.controlnet
+    latents, t = torch.randn(2, 4, 8, 8), torch.tensor(500)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
+    embedding = controlnet.embed_condition(torch.rand(2, 3, 64, 64))
+
+    def control(latents, text, embedding):
+        return controlnet(latents, t, encoder_hidden_states=text, condition_embedding=embedding,
+                          conditioning_scale=0.8, return_dict=False)
+
+    def denoise(latents, text, down, mid):
+        return unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False)[0]
+
+    with torch.no_grad():
+        down, mid = control(latents, text, embedding)
+        calls = ((control, (latents, text, embedding)), (denoise, (latents, text, tuple(down), mid)))
+        for function, arguments in calls:
+            explained = torch._dynamo.explain(function)(*arguments)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -8,11 +8,14 @@ differently, so results stay within 1/255 of the untouched pipeline but are not 
 bit-exact ones. Both are off unless asked for.
 
 - channels_last: the UNet, ControlNet and VAE weights in NHWC layout, which cuDNN's fastest fp16
-  convolution kernels use. On CPU it is allowed but does not help (bench/bench_step_cost.py
-  --channels-last measures it).
+  convolution kernels use. On CPU it is allowed and gained little: one thread on the medium-size
+  model measured the UNet at 0.95x and the VAE decoder at 0.90x of their time (bench/bench_step_cost.py
+  --channels-last measures a step).
 - compile: `nn.Module.compile` of the UNet and the ControlNet (the modules called every step), in
   place, so the pipeline keeps the same objects (state dicts, offload, personalization unchanged).
-  fullgraph=False because PASD's pixel-aware attention runs in forward hooks. Mode "default", not
+  On the pinned torch each traces into one graph with no break, PACA's forward hooks inlined
+  (tests/test_acceleration.py); fullgraph=False all the same, because ComfyUI brings its own torch and
+  a break there should fall back to Python, not fail the run. Mode "default", not
   "reduce-overhead": CUDA graphs reuse their output buffers on the next replay, and the PASD step
   hands ControlNet outputs to the UNet across two compiled modules; "reduce-overhead" may be passed
   explicitly. On CPU compiling works (checked on the tiny test models: the first upscale spends
