@@ -27,7 +27,7 @@ from common import add_project_to_path, machine_header, print_table, torch_threa
 
 add_project_to_path()
 
-from pasd_core.engine import fast, tiling  # noqa: E402
+from pasd_core.engine import fast, sampler, tiling  # noqa: E402
 from pasd_core.engine.pipeline import PASDPipeline  # noqa: E402
 from pasd_core.engine.work_limits import latent_tiling  # noqa: E402
 from support.medium_checkpoint import DEFAULT_CACHE, build_medium  # noqa: E402
@@ -42,7 +42,8 @@ def timed_run(pipeline: PASDPipeline, image, settings: dict, *, layout: str | No
     """One upscale; `layout` / `bf16` force one half of the fast mode (None: as the settings say)."""
     patches = []
     if layout is not None:
-        patches.append(mock.patch.object(tiling, "layout_for", lambda settings: layout))
+        for module in (tiling, sampler):  # the planner reads tiling's; the sampler imported it by name
+            patches.append(mock.patch.object(module, "layout_for", lambda settings: layout))
     if bf16 is not None:
         patches.append(mock.patch.object(fast, "native_bf16", lambda device: bf16))
     for patch in patches:

@@ -156,8 +156,8 @@ def vae_from_folder(folder: Path, family: str) -> object:
         raise ModelError(f"{folder / 'config.json'} is not a VAE config: {error}") from None
     state = {}
     for key, tensor in read_weights(weights, "VAE weight file").items():
-        for old, new in _OLD_ATTENTION_NAMES.items():
-            if ".attentions." in key:
+        if ".attentions." in key:
+            for old, new in _OLD_ATTENTION_NAMES.items():
                 key = key.replace(old, new)
         state[key] = tensor.float() if tensor.is_floating_point() else tensor
     check_fits(vae, state, weights, "VAE", family=LABELS[family])
