@@ -80,6 +80,9 @@ OUR_NAMES = {"upscale": "scale", "num_inference_steps": "steps", "guidance_scale
              "latent_tiled_size": "latent_tile_size", "latent_tiled_overlap": "latent_tile_overlap",
              "added_noise_level": "added_noise_level"}
 OUR_DTYPES = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}  # --mixed_precision → our dtype
+# our variants (--ours) → their side's name in the results: the exact mode, the fast mode (params' speed "fast"), the
+# exact mode with accelerate(compile=True) (its compile time estimated apart: compile_s_estimated)
+SIDE_NAMES = {"exact": "ours", "fast": "ours-fast", "compiled": "ours-compiled"}
 
 
 # -- prepare: the official tree and the wheels, from local git and the package registry --------------------------------
@@ -296,6 +299,17 @@ def pixel_difference(official: Path, ours: Path) -> dict[str, Any]:
     return {"diff_mean": float(difference.mean()), "diff_max": int(difference.max())}
 
 
+def side_order(families: list[str], variants: list[str]) -> list[tuple[str, str]]:
+    """(family, variant) in the order they run: per family the official side, then ours exact and fast; the
+    compiled variant last for every family, so a tight budget cuts what matters least (compiling can take minutes)."""
+    unknown = set(variants) - set(SIDE_NAMES)
+    if unknown or "exact" not in variants:
+        raise SystemExit(f"--ours: {', '.join(sorted(unknown)) or 'exact is missing'}; give exact and any of fast, "
+                         "compiled")
+    first = [(family, v) for family in families for v in ("official", "exact", "fast") if v in (*variants, "official")]
+    return first + [(family, "compiled") for family in families if "compiled" in variants]
+
+
 def ratio(ours: dict[str, Any], official: dict[str, Any], key: str) -> float | None:
     return ours[key] / official[key] if ours.get(key) and official.get(key) else None
 
@@ -322,30 +336,35 @@ def run(args: argparse.Namespace) -> None:
                         **({} if code == 0 else {"error": f"exited with {code}", "log_tail": tail})})
         if code != 0:
             raise SystemExit(f"writing the weights failed ({code}); see {log}")
-    for family in families:
-        spec = job_spec(family, args)
-        sides = {}
-        for side in ("official", "ours"):
-            png = args.out.parent / f"{args.out.stem}_{family}_{side}.png"
-            result = work / f"{family}-{side}.json"
-            (work / f"{family}-{side}.spec.json").write_text(json.dumps(
-                {**spec, "side": side, "png": str(png), "result": str(result)}))
-            code, tail = child(args, ["side", str(work / f"{family}-{side}.spec.json")],
-                               "official" if side == "official" else "engine", log, deadline)
-            record = json.loads(result.read_text()) if result.is_file() else {"kind": "side", "job": family,
-                                                                              "side": side, "complete": False}
-            if code != 0 or not record.get("complete"):
-                record.update(error=f"exited with {code}", log_tail=tail)
-            results.append(record)
-            sides[side] = record
-        official, ours = sides["official"], sides["ours"]
-        if official.get("png") and ours.get("png"):
-            results.append({"kind": "diff", "job": family, **pixel_difference(Path(official["png"]), Path(ours["png"])),
-                            "ratio_ours_to_official": ratio(ours, official, "total_s"),
-                            "first_step_ratio": ratio(ours, official, "first_step_s"),
-                            "step_ratio": ratio(ours, official, "step_s"),
-                            "load_ratio": ratio(ours, official, "load_s"),
-                            "peak_mem_ratio": ratio(ours, official, "peak_mem_gib")})
+    specs = {family: job_spec(family, args) for family in families}
+    sides: dict[tuple[str, str], dict[str, Any]] = {}
+    for family, variant in side_order(families, args.ours.split(",")):
+        side = "official" if variant == "official" else SIDE_NAMES[variant]
+        png = args.out.parent / f"{args.out.stem}_{family}_{side}.png"
+        result = work / f"{family}-{side}.json"
+        (work / f"{family}-{side}.spec.json").write_text(json.dumps(
+            {**specs[family], "side": side, "variant": variant, "compile_mode": args.compile_mode, "png": str(png),
+             "result": str(result)}))
+        code, tail = child(args, ["side", str(work / f"{family}-{side}.spec.json")],
+                           "official" if side == "official" else "engine", log, deadline)
+        record = json.loads(result.read_text()) if result.is_file() else {"kind": "side", "job": family,
+                                                                          "side": side, "complete": False}
+        if code != 0 or not record.get("complete"):
+            record.update(error=f"exited with {code}", log_tail=tail)
+        results.append(record)
+        sides[family, side] = record
+        official = sides.get((family, "official"), {})
+        if side != "official" and official.get("png") and record.get("png"):
+            results.append({"kind": "diff", "job": family, "side": side,
+                            **pixel_difference(Path(official["png"]), Path(record["png"])),
+                            **({} if side == "ours" or not sides.get((family, "ours"), {}).get("png") else
+                               {"drift_from_exact": pixel_difference(Path(sides[family, "ours"]["png"]),
+                                                                     Path(record["png"]))}),
+                            "ratio_ours_to_official": ratio(record, official, "total_s"),
+                            "first_step_ratio": ratio(record, official, "first_step_s"),
+                            "step_ratio": ratio(record, official, "step_s"),
+                            "load_ratio": ratio(record, official, "load_s"),
+                            "peak_mem_ratio": ratio(record, official, "peak_mem_gib")})
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -375,6 +394,10 @@ def main() -> None:
     r.add_argument("--busy-steps", type=int, default=3, help="steps of the profiled call (GPU only)")
     r.add_argument("--budget-s", type=float, default=450, help="the whole run's time limit; each side gets the rest")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--ours", default="exact,fast",
+                   help="our variants, after the official side: exact (always), fast, compiled (default exact,fast)")
+    r.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode of the compiled variant (reduce-overhead: CUDA graphs)")
     r.add_argument("--dtype", choices=sorted(set(OUR_DTYPES.values())), default=None,
                    help="instead of the official script's --mixed_precision (fp16 SD1.5, bf16 SDXL)")
     r.add_argument("--input-size", type=int, default=None, help="instead of 384 (SD1.5) / 1024 (SDXL)")

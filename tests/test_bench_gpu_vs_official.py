@@ -52,7 +52,9 @@ def bench_run(official: Path, out: Path, *options: str) -> list[dict[str, Any]]:
 def test_both_sides_of_both_jobs_are_timed_and_agree_within_one_level(official: Path, tmp_path: Path) -> None:
     records = bench_run(official, tmp_path / "tiny.jsonl", "--jobs", "sd15,sdxl", "--sdxl-steps", "8")
     sides = {(r["job"], r["side"]): r for r in records if r["kind"] == "side"}
-    assert set(sides) == {(job, side) for job in ("sd15", "sdxl") for side in ("official", "ours")}
+    assert set(sides) == {(job, side) for job in ("sd15", "sdxl") for side in ("official", "ours", "ours-fast")}
+    assert [(r["job"], r["side"]) for r in records if r["kind"] == "side"] == [
+        (job, side) for job in ("sd15", "sdxl") for side in ("official", "ours", "ours-fast")]  # the run order
     for (job, side), r in sides.items():
         assert r["complete"], (job, side, r.get("error"), r.get("log_tail"))
         if side == "official":
@@ -66,15 +68,33 @@ def test_both_sides_of_both_jobs_are_timed_and_agree_within_one_level(official: 
         assert r["peak_mem_gib"] is None and r["busy_fraction"] is None  # GPU-only measurements
         assert Path(r["png"]).is_file()
     # SDXL ran 8 of the fixture case's 12 steps: the whole run is extrapolated from the time per step
-    for side in ("official", "ours"):
+    for side in ("official", "ours", "ours-fast"):
         r = sides["sdxl", side]
         assert r["extrapolated"] and r["steps_run"] == 8 < r["steps"] == 12
         assert r["total_s_extrapolated"] == pytest.approx(r["total_s"] + 4 * r["step_s"], abs=1e-3)
-    diffs = {r["job"]: r for r in records if r["kind"] == "diff"}
-    assert set(diffs) == {"sd15", "sdxl"}
-    for diff in diffs.values():
-        assert diff["diff_max"] <= 1, diff  # the parity standard: the fixtures prove it on these weights
+    diffs = {(r["job"], r["side"]): r for r in records if r["kind"] == "diff"}
+    assert set(diffs) == {(job, side) for job in ("sd15", "sdxl") for side in ("ours", "ours-fast")}
+    for (_job, side), diff in diffs.items():
         assert diff["ratio_ours_to_official"] > 0
+        if side == "ours":
+            assert diff["diff_max"] <= 1, diff  # the parity standard: the fixtures prove it on these weights
+            assert "drift_from_exact" not in diff
+        else:  # the fast mode: another tile layout (these cases are tiled), measured against both
+            assert diff["drift_from_exact"]["diff_max"] >= 0 and diff["diff_mean"] > 0
+
+
+def test_the_variants_run_in_order_and_a_bad_one_is_refused(official: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    from bench_gpu_vs_official import side_order
+
+    assert side_order(["sd15", "sdxl"], ["exact", "compiled", "fast"]) == [
+        ("sd15", "official"), ("sd15", "exact"), ("sd15", "fast"), ("sdxl", "official"), ("sdxl", "exact"),
+        ("sdxl", "fast"), ("sd15", "compiled"), ("sdxl", "compiled")]  # compiling, the slowest, last
+    assert side_order(["sd15"], ["exact"]) == [("sd15", "official"), ("sd15", "exact")]
+    with pytest.raises(SystemExit, match="--ours: turbo"):
+        side_order(["sd15"], ["exact", "turbo"])
+    with pytest.raises(SystemExit, match="exact is missing"):
+        side_order(["sd15"], ["fast"])
 
 
 def test_a_side_cut_by_the_time_budget_is_recorded_not_lost(official: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """GPU tier: half precision against fp32 (also in the LCM fast mode), the memory and time of fal's job (SDXL, 1024² →
-2048², ×2, 25 steps), SD1.5's time at 25 steps against LCM at 4, and the colour fix on the GPU against the CPU.
+2048², ×2, 25 steps), SD1.5's time at 25 steps against LCM at 4, the colour fix on the GPU against the CPU, and a
+step's latent tiles in one call (memory rule, drift, time).
 
 Skipped without a CUDA GPU. On a GPU machine (the figures are printed, hence -s):
     .venv/bin/python -m pytest -q -s -m gpu tests/test_gpu.py
@@ -213,3 +214,54 @@ def test_colour_fix_on_the_gpu_agrees_with_the_cpu(method):
     gpu = np.asarray(color_fix(target, reference, method, DEVICE), np.int16)
     assert np.abs(cpu - gpu).max() <= 1
 
+
+
+def test_a_steps_tiles_in_one_call_fit_the_memory_rule_and_stay_close():
+    """On a GPU the sampler puts a step's tiles in one call: the denoising's peak stays within what the memory rule
+    reserved for them (family.denoiser_values, measured on the CPU), and the image within the fp16 bound of the
+    official one-tile-per-call loop (a batch size changes less than fp16 against fp32 does). Times printed."""
+    from unittest import mock
+
+    from pasd_core.engine import memory
+    from pasd_core.engine import sampler as sampler_module
+
+    pipeline = load(SD15, torch.float16)
+    settings = {**OFFICIAL_SETTINGS, "steps": 10, "latent_tile_size": 48, "latent_tile_overlap": 8}
+    side = PARITY_INPUT[SD15]  # 768² out: a 96 latent in 9 official tiles of 48
+    batches, peaks = [], []
+    real_predict, real_denoise = sampler_module.PASDSampler._predict, sampler_module.PASDSampler.denoise
+
+    def predict(self, latents, *args, **kwargs):
+        batches.append(latents.shape[0])
+        return real_predict(self, latents, *args, **kwargs)
+
+    def denoise(self, *args, **kwargs):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = real_denoise(self, *args, **kwargs)
+        peaks.append(torch.cuda.max_memory_allocated() - before)
+        return result
+
+    def timed() -> tuple[np.ndarray, float]:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        image = pipeline.upscale(photo(side), settings)
+        torch.cuda.synchronize()
+        return np.asarray(image, dtype=np.float64) / 255, time.perf_counter() - started
+
+    with mock.patch.object(sampler_module.PASDSampler, "_predict", predict), \
+            mock.patch.object(sampler_module.PASDSampler, "denoise", denoise):
+        timed()  # warm-up
+        batches.clear()
+        batched, batched_s = timed()
+        assert batches == [2 * 9] * settings["steps"]
+        with mock.patch.object(memory, "free_bytes", lambda device: None):
+            single, single_s = timed()
+    one_tile = memory.denoiser_peak_bytes(pipeline.models.family.denoiser_values, 2, 48 * 48, torch.float16)
+    drift = np.abs(batched - single)
+    print(f"\nSD1.5 768² in 9 tiles, fp16, 10 steps: batched {batched_s:.2f} s, one tile per call {single_s:.2f} s; "
+          f"denoising peak {peaks[1] / GIB:.2f} GiB batched ({9 * one_tile / GIB:.2f} GiB reserved), "
+          f"{peaks[2] / GIB:.2f} GiB single; drift mean {drift.mean() * 255:.2f} max {drift.max() * 255:.0f} levels")
+    assert peaks[1] <= 9 * one_tile
+    assert drift.mean() <= HALF_PRECISION_MEAN_BOUND[torch.float16]

@@ -18,10 +18,13 @@ bit-exact ones. Both are off unless asked for.
   a break there should fall back to Python, not fail the run. Mode "default", not
   "reduce-overhead": CUDA graphs reuse their output buffers on the next replay, and the PASD step
   hands ControlNet outputs to the UNet across two compiled modules; "reduce-overhead" may be passed
-  explicitly. On CPU compiling works (checked on the tiny test models: the first upscale spends
-  minutes compiling, later ones are faster because tiny models are all per-operation overhead); at
-  the SD1.5 size the CPU time is in convolutions and matrix products, where compiling is expected to
-  gain little (not measured at that size on CPU).
+  explicitly (the sampler copies a tile's prediction it keeps past the next call, tile_calls.py;
+  unmeasured and untested on a GPU: bench/bench_gpu_vs_official.py --ours exact,compiled
+  --compile-mode reduce-overhead measures it, its compile time apart). On CPU compiling works
+  (checked on the tiny test models: the first upscale spends minutes compiling, later ones are
+  faster because tiny models are all per-operation overhead); at the SD1.5 size the CPU time is in
+  convolutions and matrix products, where compiling is expected to gain little (not measured at that
+  size on CPU).
 - attention: diffusers already runs every attention (text, self and PASD's pixel attention) with
   torch's scaled_dot_product_attention (`AttnProcessor2_0`), which uses flash / memory-efficient
   kernels on CUDA; `attention_processors` lists what a pipeline uses, to check it.

@@ -37,6 +37,11 @@ class TextConditioning:
     def guided(self) -> bool:
         return self.hidden_states.shape[0] == 2
 
+    def repeated(self, times: int) -> TextConditioning:
+        """The same conditioning for `times` latent tiles in one batch, each tile's pair after the previous one's."""
+        return TextConditioning(torch.cat([self.hidden_states] * times),
+                                {name: torch.cat([value] * times) for name, value in self.added.items()})
+
     def model_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"encoder_hidden_states": self.hidden_states}
         if self.added:
@@ -59,6 +64,9 @@ class SD15Family:
 
     name = SD15
     vae_tiles = (1024, 1792)  # test_pasd.py tiles its VAE above these sizes: encoder 1024 px, decoder 224 latents
+    # one ControlNet + UNet call's activations per latent pixel of each sample: the real-size PASD measured 10,950
+    # (peak RSS, CPU, fp32, latents 48² and 64², batches 2 and 4: linear), rounded up by a fifth (memory.py)
+    denoiser_values = 13_000
 
     def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
         return dtype  # SD1.5's VAE runs in fp16 as the official script runs it
@@ -118,6 +126,7 @@ class SDXLFamily:
     # test_pasd_sdxl.py never tiles its VAE (and never encodes): untiled up to 2048 px a side, which covers the
     # official ×2 of a 1024 px input; beyond that the decoder works in tiles so memory stays bounded.
     vae_tiles = (1024, 2048)
+    denoiser_values = 14_000  # as SD15Family's: the real-size PASD-SDXL measured 11,540 (bf16, latents 32², 48²)
 
     def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:
         """SDXL's own VAE overflows in fp16 (its config says force_upcast): it then runs in fp32, as diffusers'

@@ -1,12 +1,15 @@
-"""Memory policy: how large the VAE tiles may be, and what to do when a GPU runs out of memory.
+"""Memory policy: how large the VAE tiles may be, how many latent tiles one denoiser call takes, and what to do when
+a GPU runs out of memory.
 
-Kept simple enough to trust without a GPU run: sizes come from free memory with a generous margin,
-and an out-of-memory error retries with half-size tiles instead of failing.
+Kept simple enough to trust without a GPU run: sizes come from free memory with a generous margin, and an
+out-of-memory error falls back (one latent tile per call, then half-size tiles) instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +37,34 @@ def vae_peak_bytes(tile: int, dtype: torch.dtype, pixels: int | None = None) -> 
     """The VAE decoder's peak on a tile of `tile`² pixels, or on an image of `pixels` when that is smaller."""
     covered = tile * tile if pixels is None else min(tile * tile, pixels)
     return covered * _VAE_VALUES_PER_PIXEL * torch.finfo(dtype).bits // 8
+
+
+def denoiser_peak_bytes(values_per_latent: int, items: int, latent_pixels: int, dtype: torch.dtype) -> int:
+    """One ControlNet + UNet call's activations beside the weights: `items` samples (the guidance pair counts two) of
+    `latent_pixels` each, at the family's measured `values_per_latent` (family.py)."""
+    return values_per_latent * items * latent_pixels * torch.finfo(dtype).bits // 8
+
+
+def tiles_per_call(device: torch.device, one_tile_bytes: int, tiles: int) -> int:
+    """How many latent tiles of one step a denoiser call takes: as many as fit in half the free memory, at least
+    one; one where free memory cannot be read (MPS, a CPU without /proc/meminfo)."""
+    free = free_bytes(device)
+    if free is None or tiles <= 1:
+        return 1
+    return max(1, min(tiles, int(free / 2 // max(one_tile_bytes, 1))))
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a pass may still take on `device`: the driver's free memory plus torch's unused cache on CUDA (as
+    ComfyUI counts it), MemAvailable on a Linux CPU; None where it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            lines = Path("/proc/meminfo").read_text().splitlines()
+            return int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024
+    return None
 
 
 def halve_tiles(settings: Mapping[str, Any], vae_tiles: tuple[int, int]) -> tuple[dict, tuple[int, int]] | None:

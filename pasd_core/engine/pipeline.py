@@ -237,13 +237,16 @@ def load_sampler_models(base_model: str | Path, pasd_model: str | Path, dtype: t
                         base_config: str | Path | None = None,
                         personalization: Personalization = Personalization()) -> SamplerModels:
     """The PASD checkpoint on its base, personalized, with the LCM-LoRA merged last (as the official script fuses it
-    into the personalized pipeline), on the CPU; every file is read and checked before any model changes."""
+    into the personalized pipeline), on the CPU; every file is read and checked before any model changes, each once."""
     from ..model_family import family_of
     from ..weights.bases import check_compatible, load_base, load_vae
     from ..weights.lcm_lora import apply_merges, read_lcm_lora
     from ..weights.pasd_folder import load_pasd_checkpoint
 
-    unet, controlnet = load_pasd_checkpoint(pasd_model)
+    merging = personalization.style_model is not None or personalization.lora is not None or lcm_lora is not None
+    # merges happen in the file's fp32, as the official code merges; without one, the PASD parts come in the run's
+    # dtype as read (the largest files: no fp32 copy of them is held)
+    unet, controlnet = load_pasd_checkpoint(pasd_model, dtype=None if merging else dtype)
     family = FAMILIES[family_of(unet.config)]
     base = load_base(base_model, family.name, base_config)
     check_compatible(base, unet, Path(base_model))

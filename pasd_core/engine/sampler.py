@@ -5,11 +5,13 @@ generator seeded once, CFG with the pair in one batch, latent tiles blended with
 Gaussian weights, decode, colour fix, final resize. What differs between SD1.5 and SDXL (text
 conditioning, start latents) lives in the model family object (family.py); the scheduler and VAE
 come with the loaded models. Work the official code repeats for nothing is done once: text
-embeddings per run, the ControlNet condition embedding per image (per tile when tiled).
+embeddings per run, the ControlNet condition embedding per image (per tile when tiled). A step's
+tiles go to the networks together where that pays and memory allows (tile_calls.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +28,8 @@ from . import memory
 from .color import color_fix
 from .components import Refine, SamplerModels, StepCallback, StopCheck
 from .family import TextConditioning
-from .fast import run_precision
+from .fast import fast_precision, run_precision
+from .tile_calls import Predict, TileCalls
 from .tiling import LatentTile, gaussian_weights, latent_tiles, layout_for, needs_tiling
 from .work_limits import LATENT_FACTOR, colorize_size, enlarged_size, latent_multiple
 
@@ -69,6 +72,13 @@ class PASDSampler:
                             return_dict=False, **conditioning)[0]
         return noise.to(latents.dtype)  # the fast mode's bf16 output back to the latents' precision
 
+    def _predict_in(self, precision: contextlib.AbstractContextManager, conditioning_scale: float) -> Predict:
+        def predict(latents: torch.Tensor, t: torch.Tensor, text: TextConditioning,
+                    embedding: torch.Tensor) -> torch.Tensor:
+            with precision:
+                return self._predict(latents, t, text, embedding, conditioning_scale)
+        return predict
+
     @staticmethod
     def tiles_for(latent_height: int, latent_width: int, settings: Mapping[str, Any]) -> list[LatentTile]:
         """The run's latent tiles (its layout: params' speed); one tile of the whole latent when it needs none."""
@@ -82,15 +92,18 @@ class PASDSampler:
                 on_step: StepCallback | None = None, should_stop: StopCheck | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         guided = text.guided
-        self.m.placement.load(DENOISER)
+        tiles = self.tiles_for(*latents.shape[-2:], settings)
+        tiled = len(tiles) > 1
+        # room for one call's activations (a tile, or the whole latent); more tiles per call where more is free
+        one_tile_bytes = memory.denoiser_peak_bytes(self.m.family.denoiser_values, text.hidden_states.shape[0],
+                                                    max(tile.height * tile.width for tile in tiles), self.m.dtype)
+        self.m.placement.load(DENOISER, one_tile_bytes)
         controlnet, scheduler = self.m.controlnet, self.m.scheduler
         # the run's generator goes to every step of a scheduler that takes one, as diffusers pipelines pass it:
         # LCMScheduler draws fresh noise between steps from it (LCM fixtures' fact 4); UniPC takes none. Asked of
         # the class, so a wrapper put on the instance's step (a profiler) does not hide the parameter.
         takes_generator = "generator" in inspect.signature(type(scheduler).step).parameters
         step_kwargs = {"generator": generator} if takes_generator else {}
-        tiles = self.tiles_for(*latents.shape[-2:], settings)
-        tiled = len(tiles) > 1
         # the control image never changes during sampling: embed it once per tile, not once per step.
         # Embedding the guidance pair as a batch of two (not one copy broadcast) keeps bitwise parity:
         # CPU convolutions round differently for different batch sizes. Paired tile by tile, so no
@@ -106,6 +119,9 @@ class PASDSampler:
         weight_dtype = torch.float32 if self.m.device.type == "mps" else torch.float64
         weights = {shape: gaussian_weights(*shape).to(self.m.device, weight_dtype)
                    for shape in {tile.shape for tile in tiles}} if tiled else {}
+        compute_dtype = fast_precision(settings, self.m.device, self.m.dtype) or self.m.dtype
+        calls = TileCalls(self._predict_in(precision, settings["conditioning_scale"]), self.m.device, compute_dtype,
+                          tiles, text, embeddings, one_tile_bytes) if tiled else None
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -114,15 +130,13 @@ class PASDSampler:
                     noise = self._predict(model_input, t, text, embeddings[0], settings["conditioning_scale"])
                 self._tick(on_step, should_stop)
             else:
+                parts = calls.predict(model_input, t, lambda count: self._ticks(count, on_step, should_stop))
+                # blended in the official tile order, so the float64 sums add up as the official ones
                 noise = torch.zeros(model_input.shape, device=model_input.device)
                 contributors = torch.zeros(model_input.shape, device=model_input.device)
-                for tile, embedding in zip(tiles, embeddings, strict=True):
-                    with precision:
-                        part = self._predict(model_input[:, :, tile.rows(), tile.cols()], t, text, embedding,
-                                             settings["conditioning_scale"])
+                for tile, part in zip(tiles, parts, strict=True):
                     noise[:, :, tile.rows(), tile.cols()] += part * weights[tile.shape]
                     contributors[:, :, tile.rows(), tile.cols()] += weights[tile.shape]
-                    self._tick(on_step, should_stop)
                 noise /= contributors
             if guided:
                 uncond, cond = noise.chunk(2)
@@ -137,8 +151,14 @@ class PASDSampler:
 
     @staticmethod
     def _tick(on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
+        PASDSampler._ticks(1, on_step, should_stop)
+
+    @staticmethod
+    def _ticks(count: int, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
+        """`count` tiles done: the progress bar moves by each, the stop request is read once."""
         if on_step is not None:
-            on_step()
+            for _ in range(count):
+                on_step()
         if should_stop is not None and should_stop():
             raise Interrupted("PASD sampling was interrupted.")
 

@@ -59,7 +59,9 @@ def load_base_folder(folder: Path, family: str = SD15) -> BaseModel:
                          f"(PASD needs {', '.join(FOLDER_PARTS[family])} from {EXAMPLES[family]}).")
     for part in ("text_encoder", "text_encoder_2"):
         for weights in list((folder / part).glob("*.safetensors")):
-            read_weights(weights)  # a damaged file gets a message naming it, not a loader traceback
+            # a damaged or cut file gets a message naming it, not a loader traceback; the header says it (safetensors
+            # checks that it covers the whole file), so the weights are read once, by the loader below
+            CheckpointFile(weights, "text encoder weight file")
     try:
         def tokenizer(name: str) -> CLIPTokenizer:
             return CLIPTokenizer.from_pretrained(str(folder / name), local_files_only=True)
