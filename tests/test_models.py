@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,31 +153,6 @@ def test_a_vae_folder_of_another_architecture_is_named(tmp_path):
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ModelError, match="VAE weight encoder.conv_in.weight has shape"):
         bases.vae_from_folder(folder, "sd15")
-
-
-def test_pasd_parts_come_in_the_runs_dtype_as_read_and_merges_stay_fp32(monkeypatch):
-    """Without a merge, the UNet and ControlNet are cast tensor by tensor as read: the same bits as casting the loaded
-    fp32 models; a personalization or LCM merge keeps the file's fp32 until it is done (as the official code merges)."""
-    from pasd_core.engine import pipeline as pipeline_module
-    from pasd_core.weights import pasd_folder
-
-    asked = []
-    real = pasd_folder.load_pasd_checkpoint
-    monkeypatch.setattr(pasd_folder, "load_pasd_checkpoint", lambda folder, dtype=None: asked.append(dtype) or
-                        real(folder, dtype=dtype))
-    models = pipeline_module.load_sampler_models(SD15, PASD, torch.bfloat16)
-    assert asked == [torch.bfloat16]
-    unet, controlnet = real(PASD)  # fp32, then cast as the pipeline's place() casts
-    for loaded, reference in ((models.unet, unet), (models.controlnet, controlnet)):
-        reference = torch.nn.Module.to(reference, dtype=torch.bfloat16)
-        assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
-        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values(),
-                                                      strict=True))
-    asked.clear()
-    lcm_lora = Path(__file__).parent / "fixtures" / "pasd_lcm_official_tiny" / "lcm-lora-sdv1-5" / \
-        "pytorch_lora_weights.safetensors"
-    merged = pipeline_module.load_sampler_models(SD15, PASD, torch.bfloat16, lcm_lora=lcm_lora)
-    assert asked == [None] and {p.dtype for p in merged.unet.parameters()} == {torch.float32}  # cast later, by place()
 
 
 def test_a_base_folders_text_encoder_is_read_once_and_a_cut_file_is_named(tmp_path, monkeypatch, capsys):

@@ -74,20 +74,18 @@ def checkpoint_family(folder: str | Path) -> str:
     return family_of(read_config(folder / "unet" / "config.json"))
 
 
-def load_pasd_checkpoint(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[PASDUNet, PASDControlNet]:
-    """The UNet and ControlNet of an official PASD checkpoint folder (`unet/`, `controlnet/`) on the CPU, in the
-    file's precision or, given `dtype`, cast tensor by tensor as read (what casting the loaded models would give,
-    without holding the file's precision for a whole model)."""
+def load_pasd_checkpoint(folder: str | Path) -> tuple[PASDUNet, PASDControlNet]:
+    """The UNet and ControlNet of an official PASD checkpoint folder (`unet/`, `controlnet/`), in fp32 on CPU."""
     # deferred: checkpoint_family (the CLI's and nodes' checks before loading) must not import torch and diffusers
     from ..models import PASDControlNet, PASDUNet
 
     folder = Path(folder)
     _check_folder(folder)
-    unet_state = read_weights(component_weights(folder / "unet"), dtype=dtype)
+    unet_state = read_weights(component_weights(folder / "unet"))
     variant = detect_variant(set(unet_state), folder / "unet")
     unet_config = read_config(folder / "unet" / "config.json")
     unet = _build(lambda: PASDUNet.from_pasd_config(unet_config, variant), unet_state, folder / "unet")
-    control_state = read_weights(component_weights(folder / "controlnet"), dtype=dtype)
+    control_state = read_weights(component_weights(folder / "controlnet"))
     control_config = read_config(folder / "controlnet" / "config.json")
     controlnet = _build(lambda: PASDControlNet.from_pasd_config(control_config, set(control_state)),
                         control_state, folder / "controlnet")

@@ -75,18 +75,12 @@ class CheckpointFile:
             raise ModelError(f"{self.path} is not a checkpoint file: expected .safetensors (or .ckpt/.pt), "
                              f"got '{suffix or 'no extension'}'.")
 
-    def tensors(self, prefixes: Iterable[str] | None = None,
-                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The tensors whose keys start with one of `prefixes` (all of them without); floating-point ones cast to
-        `dtype` one by one as they are read (so the file's precision never needs memory for all of them)."""
+    def tensors(self, prefixes: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors whose keys start with one of `prefixes` (all of them without)."""
         wanted = [k for k in self.keys if prefixes is None or k.startswith(tuple(prefixes))]
-
-        def cast(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-
         if self._loaded is not None:
-            return {k: cast(self._loaded[k]) for k in wanted}
-        return self._safetensors_call(lambda handle: {k: cast(handle.get_tensor(k)) for k in wanted})
+            return {k: self._loaded[k] for k in wanted}
+        return self._safetensors_call(lambda handle: {k: handle.get_tensor(k) for k in wanted})
 
     def _safetensors_call(self, read: Any) -> Any:
         from safetensors import safe_open
@@ -118,10 +112,9 @@ class CheckpointFile:
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
 
 
-def read_weights(path: Path, what: str = "weight file", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of a weight file (.safetensors, or a .bin/.ckpt read without executing pickled code), floating
-    point ones in `dtype` when given."""
-    return CheckpointFile(path, what).tensors(dtype=dtype)
+def read_weights(path: Path, what: str = "weight file") -> dict[str, torch.Tensor]:
+    """Every tensor of a weight file (.safetensors, or a .bin/.ckpt read without executing pickled code)."""
+    return CheckpointFile(path, what).tensors()
 
 
 def checkpoint_kind(keys: Iterable[str]) -> str:
