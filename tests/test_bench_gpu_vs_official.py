@@ -83,8 +83,8 @@ def test_both_sides_of_both_jobs_are_timed_and_agree_within_one_level(official: 
             assert diff["drift_from_exact"]["diff_max"] >= 0 and diff["diff_mean"] > 0
 
 
-def test_the_variants_run_in_order_and_a_bad_one_is_refused(official: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(BENCH.parent))
+def test_the_variants_run_in_order_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))
     from bench_gpu_vs_official import side_order
 
     assert side_order(["sd15", "sdxl"], ["exact", "compiled", "fast"]) == [

@@ -73,16 +73,20 @@ def test_a_cpu_in_fp32_keeps_the_official_loop_and_batches_in_bf16(tiny_pipeline
     assert calls == [2] * 9 * data["settings"]["steps"]  # fp32 on a CPU: batching measured no gain
 
     calls.clear()
-    monkeypatch.setattr(fast, "native_bf16", lambda device: True)  # the fast mode computes in bf16 (AMX, AVX-512 BF16)
+    for module in (fast, tile_calls):  # the fast mode computes in bf16 (AMX, AVX-512 BF16)
+        monkeypatch.setattr(module, "native_bf16", lambda device: True)
     image = Image.open(data["dir"] / "input.png")
     pipeline.upscale(image, {**data["settings"], "speed": "fast"})
     # 9 even tiles in four shapes (7² ×4, 7×6 ×2, 6×7 ×2, 6² ×1): one call per shape and step
     assert calls == [2 * 4, 2 * 2, 2 * 2, 2 * 1] * data["settings"]["steps"]
 
 
-def test_batching_pays():
+def test_batching_pays(monkeypatch):
     assert not tile_calls.batching_pays(torch.device("cpu"), torch.float32)
-    assert tile_calls.batching_pays(torch.device("cpu"), torch.bfloat16)
+    assert not tile_calls.batching_pays(torch.device("cpu"), torch.float16)  # not measured to gain: left alone
+    for native in (True, False):
+        monkeypatch.setattr(tile_calls, "native_bf16", lambda device, native=native: native)
+        assert tile_calls.batching_pays(torch.device("cpu"), torch.bfloat16) == native
     assert tile_calls.batching_pays(torch.device("cuda"), torch.float32)
     assert tile_calls.batching_pays(torch.device("cuda"), torch.float16)
 
@@ -118,6 +122,53 @@ def test_out_of_memory_in_a_batched_call_goes_on_one_tile_per_call(tiny_pipeline
     assert len(steps) == 9 * case_data("B_tiled_x2")["settings"]["steps"]
     assert [r.message for r in caplog.records] == [
         "PASD ran out of memory with 9 latent tiles in one call; going on with one per call"]
+
+
+def test_out_of_memory_goes_one_per_call_for_the_rest_of_the_step_and_the_run(tiny_pipeline, calls, monkeypatch,
+                                                                               caplog):
+    """Calls of 4, 4 and 1 tiles: the first batched call fails, every later call (this step's too) takes one tile."""
+    pipeline = tiny_pipeline("pasd")
+    free_memory(monkeypatch, None)
+    single = run_tiled(pipeline)
+    one_tile = memory.denoiser_peak_bytes(pipeline.models.family.denoiser_values, 2, 8 * 8, torch.float32)
+    free_memory(monkeypatch, 2 * 4 * one_tile)
+    real = sampler_module.PASDSampler._predict
+    tried = []
+
+    def short_of_memory(self, latents, *args, **kwargs):
+        tried.append(latents.shape[0])
+        if latents.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(sampler_module.PASDSampler, "_predict", short_of_memory)
+    steps: list = []
+    with caplog.at_level(logging.WARNING, logger="pasd_core.engine.tile_calls"):
+        result = run_tiled(pipeline, steps)
+    assert tried == [8] + [2] * 9 * case_data("B_tiled_x2")["settings"]["steps"]  # one failure, then tile by tile
+    assert np.array_equal(np.asarray(result), np.asarray(single))
+    assert len(steps) == 9 * case_data("B_tiled_x2")["settings"]["steps"]
+    assert [r.message for r in caplog.records] == [
+        "PASD ran out of memory with 4 latent tiles in one call; going on with one per call"]
+
+
+@pytest.mark.parametrize("case", ["B_tiled_x2", "X2_sdxl_tiled"])
+@pytest.mark.parametrize("guided", [True, False], ids=["guided", "unguided"])
+def test_batched_and_single_calls_agree_for_both_families_with_and_without_guidance(case, guided, tiny_pipeline,
+                                                                                  calls, monkeypatch):
+    data = case_data(case)
+    settings = data["settings"] if guided else {**data["settings"], "guidance_scale": 1.0}
+    pipeline, image = tiny_pipeline(data["variant"]), Image.open(data["dir"] / "input.png")
+    tiles = pipeline.count_steps(*image.size, settings) // settings["steps"]
+    assert tiles > 1
+    free_memory(monkeypatch, 64 * GIB)
+    batched = np.asarray(pipeline.upscale(image, settings), dtype=int)
+    assert calls == [(2 if guided else 1) * tiles] * settings["steps"]  # every tile of one shape, in one call
+    free_memory(monkeypatch, None)
+    single = np.asarray(pipeline.upscale(image, settings), dtype=int)
+    assert np.abs(batched - single).max() <= TOLERANCE
+    if guided:  # the official image exists for the case's own settings
+        assert max_difference(Image.fromarray(batched.astype(np.uint8)), data["dir"] / "expected.png") <= TOLERANCE
 
 
 def test_other_errors_in_a_batched_call_are_not_swallowed(tiny_pipeline, monkeypatch):
@@ -156,6 +207,18 @@ def test_memory_rule():
     free = memory.free_bytes(cpu)
     assert free is None or free > 0  # MemAvailable on Linux
     assert memory.free_bytes(torch.device("meta")) is None
+
+
+@pytest.mark.parametrize(("limit", "used", "room"), [("max\n", "5000", None), ("8000\n", "5000\n", 3000),
+                                                     ("4000", "5000", 0), (str(1 << 62), "5", None)])
+def test_a_containers_memory_limit_bounds_the_cpus_free_memory(tmp_path, monkeypatch, limit, used, room):
+    (tmp_path / "max").write_text(limit)
+    (tmp_path / "current").write_text(used)
+    monkeypatch.setattr(memory, "_CGROUP_FILES", ((tmp_path / "max", tmp_path / "current"),
+                                                  (tmp_path / "v1-absent", tmp_path / "v1-absent")))
+    assert memory._cgroup_room() == room
+    free = memory.free_bytes(torch.device("cpu"))
+    assert free is None or (free <= room if room is not None else free > 0)
 
 
 @pytest.mark.parametrize(("free", "tiles", "expected"), [(None, 9, 1), (0, 9, 1), (10 * 100, 9, 5), (10**9, 9, 9),

@@ -1,7 +1,8 @@
 """What differs between PASD-SD1.5 and PASD-SDXL in sampling: text conditioning and start latents.
 
 Everything else (resize rules, tiles and blend, CFG, condition embedding once per tile, colour fix,
-progress, interrupts, the out-of-memory retry) is the one loop in sampler.py. Facts from
+progress, interrupts) is the one loop in sampler.py, with a step's tiles called by tile_calls.py and the
+out-of-memory retries in tile_calls.py and pipeline.py. Facts from
 tests/fixtures/pasd_official_tiny/README.md (SD1.5) and ../shared/fixtures/pasd_sdxl_official_tiny/README.md
 (SDXL), both read off the official test_pasd.py / test_pasd_sdxl.py.
 """
@@ -64,8 +65,9 @@ class SD15Family:
 
     name = SD15
     vae_tiles = (1024, 1792)  # test_pasd.py tiles its VAE above these sizes: encoder 1024 px, decoder 224 latents
-    # one ControlNet + UNet call's activations per latent pixel of each sample: the real-size PASD measured 10,950
-    # (peak RSS, CPU, fp32, latents 48² and 64², batches 2 and 4: linear), rounded up by a fifth (memory.py)
+    # one ControlNet + UNet call's activations per latent pixel of each sample (memory.tiles_per_call): the real-size
+    # PASD measured 10,950 (peak RSS, CPU, fp32, latents 48² and 64², batches 2 and 4: linear), plus about a sixth for
+    # what a GPU's kernels may add (unmeasured: no GPU); tests/test_gpu.py checks it on one
     denoiser_values = 13_000
 
     def vae_dtype(self, vae: Any, dtype: torch.dtype) -> torch.dtype:

@@ -56,14 +56,33 @@ def tiles_per_call(device: torch.device, one_tile_bytes: int, tiles: int) -> int
 
 def free_bytes(device: torch.device) -> int | None:
     """Memory a pass may still take on `device`: the driver's free memory plus torch's unused cache on CUDA (as
-    ComfyUI counts it), MemAvailable on a Linux CPU; None where it cannot be read."""
+    ComfyUI counts it); on a Linux CPU MemAvailable, or the container's (cgroup's) room when that is less; None where
+    it cannot be read."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
         with contextlib.suppress(OSError, ValueError, StopIteration):
             lines = Path("/proc/meminfo").read_text().splitlines()
-            return int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024
+            available = int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024
+            room = _cgroup_room()
+            return available if room is None else min(available, room)
+    return None
+
+
+# (limit, use) of a container's memory: cgroup v2, then v1
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_room() -> int | None:
+    """A memory-limited container's limit less its use (cgroup v2, then v1); None without a limit."""
+    for limit, used in _CGROUP_FILES:
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(limit).read_text().strip()
+            if text == "max" or int(text) >= 1 << 60:  # v1 writes a huge number for "no limit"
+                return None
+            return max(0, int(text) - int(Path(used).read_text()))
     return None
 
 

@@ -89,7 +89,8 @@ class RunPlan(Mapping):
 
     # -- the planned work of an input size ----------------------------------------------------------------------------
     def denoising_calls(self, width: int, height: int) -> int:
-        """The denoising calls (steps × latent tiles) one `width`×`height` image plans: its progress steps."""
+        """Steps × latent tiles one `width`×`height` image plans: its progress steps (a step's tiles may share a call,
+        tile_calls.py; the progress bar still moves per tile)."""
         return denoising_calls(width, height, self)
 
     def check_work(self, width: int, height: int) -> int:
