@@ -100,38 +100,16 @@ def test_tiles_per_call_follow_free_memory(tiny_pipeline, calls, monkeypatch):
     assert sum(calls) == 2 * 9 * case_data("B_tiled_x2")["settings"]["steps"]
 
 
-def test_out_of_memory_in_a_batched_call_goes_on_one_tile_per_call(tiny_pipeline, calls, monkeypatch, caplog):
-    pipeline = tiny_pipeline("pasd")
-    free_memory(monkeypatch, None)
-    single = run_tiled(pipeline)
-    calls.clear()
-
-    free_memory(monkeypatch, 64 * GIB)
-    real = sampler_module.PASDSampler._predict
-
-    def short_of_memory(self, latents, *args, **kwargs):
-        if latents.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, latents, *args, **kwargs)
-
-    monkeypatch.setattr(sampler_module.PASDSampler, "_predict", short_of_memory)
-    steps: list = []
-    with caplog.at_level(logging.WARNING, logger="pasd_core.engine.tile_calls"):
-        result = run_tiled(pipeline, steps)
-    assert np.array_equal(np.asarray(result), np.asarray(single))  # the same calls as one tile per call: same bits
-    assert len(steps) == 9 * case_data("B_tiled_x2")["settings"]["steps"]
-    assert [r.message for r in caplog.records] == [
-        "PASD ran out of memory with 9 latent tiles in one call; going on with one per call"]
-
-
-def test_out_of_memory_goes_one_per_call_for_the_rest_of_the_step_and_the_run(tiny_pipeline, calls, monkeypatch,
-                                                                               caplog):
-    """Calls of 4, 4 and 1 tiles: the first batched call fails, every later call (this step's too) takes one tile."""
+@pytest.mark.parametrize(("tiles_that_fit", "first_call"), [(None, 9), (4, 4)], ids=["all-in-one", "4-4-1"])
+def test_out_of_memory_in_a_batched_call_goes_one_per_call_for_the_rest_of_the_run(tiny_pipeline, monkeypatch, caplog,
+                                                                                   tiles_that_fit, first_call):
+    """The first batched call fails; it and every later call (this step's too) take one tile: the same bits as one
+    tile per call, the progress bar per tile, one warning."""
     pipeline = tiny_pipeline("pasd")
     free_memory(monkeypatch, None)
     single = run_tiled(pipeline)
     one_tile = memory.denoiser_peak_bytes(pipeline.models.family.denoiser_values, 2, 8 * 8, torch.float32)
-    free_memory(monkeypatch, 2 * 4 * one_tile)
+    free_memory(monkeypatch, 64 * GIB if tiles_that_fit is None else 2 * tiles_that_fit * one_tile)
     real = sampler_module.PASDSampler._predict
     tried = []
 
@@ -145,11 +123,12 @@ def test_out_of_memory_goes_one_per_call_for_the_rest_of_the_step_and_the_run(ti
     steps: list = []
     with caplog.at_level(logging.WARNING, logger="pasd_core.engine.tile_calls"):
         result = run_tiled(pipeline, steps)
-    assert tried == [8] + [2] * 9 * case_data("B_tiled_x2")["settings"]["steps"]  # one failure, then tile by tile
+    step_count = case_data("B_tiled_x2")["settings"]["steps"]
+    assert tried == [2 * first_call] + [2] * 9 * step_count  # one failure, then tile by tile
     assert np.array_equal(np.asarray(result), np.asarray(single))
-    assert len(steps) == 9 * case_data("B_tiled_x2")["settings"]["steps"]
+    assert len(steps) == 9 * step_count
     assert [r.message for r in caplog.records] == [
-        "PASD ran out of memory with 4 latent tiles in one call; going on with one per call"]
+        f"PASD ran out of memory with {first_call} latent tiles in one call; going on with one per call"]
 
 
 @pytest.mark.parametrize("case", ["B_tiled_x2", "X2_sdxl_tiled"])

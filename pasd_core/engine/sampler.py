@@ -119,16 +119,16 @@ class PASDSampler:
         weight_dtype = torch.float32 if self.m.device.type == "mps" else torch.float64
         weights = {shape: gaussian_weights(*shape).to(self.m.device, weight_dtype)
                    for shape in {tile.shape for tile in tiles}} if tiled else {}
+        predict = self._predict_in(precision, settings["conditioning_scale"])
         compute_dtype = fast_precision(settings, self.m.device, self.m.dtype) or self.m.dtype
-        calls = TileCalls(self._predict_in(precision, settings["conditioning_scale"]), self.m.device, compute_dtype,
-                          tiles, text, embeddings, one_tile_bytes) if tiled else None
+        calls = TileCalls(predict, self.m.device, compute_dtype, tiles, text, embeddings,
+                          one_tile_bytes) if tiled else None
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             if not tiled:
-                with precision:
-                    noise = self._predict(model_input, t, text, embeddings[0], settings["conditioning_scale"])
-                self._tick(on_step, should_stop)
+                noise = predict(model_input, t, text, embeddings[0])
+                self._ticks(1, on_step, should_stop)
             else:
                 parts = calls.predict(model_input, t, lambda count: self._ticks(count, on_step, should_stop))
                 # blended in the official tile order, so the float64 sums add up as the official ones
@@ -148,10 +148,6 @@ class PASDSampler:
     def _crop(image: torch.Tensor, tile: LatentTile, factor: int) -> torch.Tensor:
         return image[:, :, tile.top * factor:(tile.top + tile.height) * factor,
                      tile.left * factor:(tile.left + tile.width) * factor]
-
-    @staticmethod
-    def _tick(on_step: StepCallback | None, should_stop: StopCheck | None) -> None:
-        PASDSampler._ticks(1, on_step, should_stop)
 
     @staticmethod
     def _ticks(count: int, on_step: StepCallback | None, should_stop: StopCheck | None) -> None:

@@ -54,11 +54,6 @@ class TileCalls:
             by_shape.setdefault(tile.shape, []).append(index)
         self._shapes = list(by_shape.values())  # tile indices per shape, in the layout's order
 
-    def groups(self) -> list[list[int]]:
-        """Tile indices per call: tiles of one shape together, in the layout's order, `per_call` at most."""
-        return [indices[start:start + self.per_call] for indices in self._shapes
-                for start in range(0, len(indices), self.per_call)]
-
     def predict(self, model_input: torch.Tensor, t: torch.Tensor,
                 done: Callable[[int], None]) -> list[torch.Tensor]:
         """Every tile's noise prediction, in the tiles' order; `done(n)` after each call of n tiles. After an
